@@ -1,0 +1,445 @@
+"""
+What runs inside a python daemon child: C{python -m dae_service.child}.
+
+The manager (through L{dae_service.launcher.SpawnLauncher}) describes the
+daemon in the environment variable C{DAE_CHILD} (JSON: C{name},
+C{reference}, C{listen}, C{settings}, C{maxLength}) and gives the child two
+private pipes, named by C{DAE_CONTROL_FD} and C{DAE_REPORT_FD}:
+
+  - the child writes one JSON line to the report pipe:
+    C{{"event": "ready", "pid", "port", "created"}} once it listens, or
+    C{{"event": "failed", "error": "<one line>"}} if it cannot start;
+  - end-of-file on the control pipe means the manager is gone (or wants
+    the child to go): the child stops gracefully and exits 0.
+
+Exit codes: 0 after a graceful stop (SIGTERM, SIGINT, control EOF); 78
+(C{EX_CONFIG}) when the description cannot be turned into a daemon (bad
+C{DAE_CHILD}, import error, not a Daemon, bad endpoint string, the
+constructor refuses the settings); 1 when the daemon cannot listen or
+otherwise fails to start.
+
+By hand, without a manager: C{python -m dae_service.child module:Class
+[endpoint]}.
+
+Start-up is on the restart path, so this module imports little of its own
+and does nothing before the daemon starts that the daemon does not need.
+"""
+
+from __future__ import annotations
+
+import os
+
+if __name__ == "__main__":
+    # First of all, before the imports below cost ~170 ms: a session and
+    # process group of our own, so that the manager's stop signal to the
+    # group never misses this process.
+    try:
+        os.setsid()
+    except OSError:
+        pass
+
+import json
+import sys
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+from twisted.internet import fdesc
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+__all__ = [
+    "EX_OK",
+    "EX_FAILURE",
+    "EX_CONFIG",
+    "ChildConfigError",
+    "childDescription",
+    "setParentDeathSignal",
+    "main",
+    "run",
+]
+
+EX_OK = 0
+EX_FAILURE = 1
+EX_CONFIG = 78
+
+#: A report line stays below PIPE_BUF (4096), so each write is atomic.
+_MAX_ERROR_LENGTH = 1000
+
+_PR_SET_PDEATHSIG = 1
+
+log = Logger(namespace="dae_service.child")
+
+
+class ChildConfigError(Exception):
+    """
+    The child's description is missing or malformed; the message says why.
+    """
+
+
+def setParentDeathSignal(signum: int) -> bool:
+    """
+    Ask Linux to send C{signum} to this process when its parent (strictly:
+    the parent's thread that started it) dies.
+
+    @return: True if set; False where C{prctl} is unavailable.
+    """
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def childDescription(
+    environ: Mapping[str, str], argv: Sequence[str] = ()
+) -> dict[str, Any]:
+    """
+    The daemon description from C{environ["DAE_CHILD"]}, or, if that is
+    unset, from C{argv} (C{[program, reference, [endpoint]]}).
+
+    @return: a dict with C{name}, C{reference}, C{listen}, C{settings} (a
+        dict) and C{maxLength} (an int or L{None}).
+    @raise ChildConfigError: if it is missing or malformed.
+    """
+    from .daemon import DEFAULT_LISTEN
+
+    text = environ.get("DAE_CHILD")
+    if text is None:
+        if len(argv) < 2:
+            raise ChildConfigError("DAE_CHILD is not set and no module:Class was given")
+        reference = argv[1]
+        listen = argv[2] if len(argv) > 2 else DEFAULT_LISTEN
+        return {
+            "name": environ.get("DAE") or reference.rpartition(":")[2],
+            "reference": reference,
+            "listen": listen,
+            "settings": {},
+            "maxLength": None,
+        }
+    try:
+        description = json.loads(text)
+    except ValueError as e:
+        raise ChildConfigError(f"DAE_CHILD is not JSON: {e}") from None
+    if not isinstance(description, dict):
+        raise ChildConfigError("DAE_CHILD is not a JSON object")
+    for key in ("name", "reference", "listen"):
+        if not isinstance(description.get(key), str):
+            raise ChildConfigError(f"DAE_CHILD: {key!r} must be a string")
+    settings = description.get("settings")
+    if settings is None:
+        settings = {}
+    if not isinstance(settings, dict):
+        raise ChildConfigError("DAE_CHILD: 'settings' must be an object")
+    maxLength = description.get("maxLength")
+    if maxLength is not None and (
+        not isinstance(maxLength, int) or isinstance(maxLength, bool) or maxLength <= 0
+    ):
+        raise ChildConfigError("DAE_CHILD: 'maxLength' must be a positive integer")
+    return {
+        "name": description["name"],
+        "reference": description["reference"],
+        "listen": description["listen"],
+        "settings": settings,
+        "maxLength": maxLength,
+    }
+
+
+def _fdFrom(environ: Mapping[str, str], key: str) -> Optional[int]:
+    value = environ.get(key)
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ChildConfigError(f"{key} must be a descriptor number, not {value!r}") from None
+
+
+def _oneLine(error: object) -> str:
+    text = " ".join(str(error).split())
+    if len(text) > _MAX_ERROR_LENGTH:
+        text = text[: _MAX_ERROR_LENGTH - 3] + "..."
+    return text
+
+
+class _Reporter:
+    """
+    Writes report lines to the report pipe.  The writes are plain blocking
+    C{os.write}s: each line is a few hundred bytes at most (under
+    C{PIPE_BUF}, so atomic), there are one or two of them in a child's life,
+    and the manager drains the pipe, so they never wait; and unlike a
+    buffered transport they are never lost when the process exits right
+    after.
+    """
+
+    def __init__(self, fd: Optional[int]) -> None:
+        self.fd = fd
+
+    def report(self, message: Mapping[str, Any]) -> None:
+        if self.fd is None:
+            return
+        data = (json.dumps(message, separators=(",", ":")) + "\n").encode("utf-8")
+        try:
+            while data:
+                data = data[os.write(self.fd, data) :]
+        except OSError as e:
+            log.warn("cannot report to the manager: {error}", error=e)
+
+
+@implementer(IReadDescriptor)
+class _PipeWatcher:
+    """
+    Reads a pipe with the reactor; C{onData(bytes)} for what arrives and
+    C{onEnd(reason)} once at EOF or error.  It never closes the descriptor.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        fd: int,
+        onData: Callable[[bytes], None],
+        onEnd: Callable[[Failure], None],
+    ) -> None:
+        self._reactor = reactor
+        self._fd = fd
+        self._onData = onData
+        self._onEnd = onEnd
+        self._watching = False
+
+    def start(self) -> None:
+        fdesc.setNonBlocking(self._fd)
+        self._watching = True
+        self._reactor.addReader(self)
+
+    def stop(self) -> None:
+        if self._watching:
+            self._watching = False
+            self._reactor.removeReader(self)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def logPrefix(self) -> str:
+        return "pipe"
+
+    def doRead(self) -> Any:
+        return fdesc.readFromFD(self._fd, self._onData)
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._watching:
+            self._watching = False
+            self._onEnd(reason)
+
+
+class _ChildRun:
+    """
+    One daemon's life inside the child: start, report, stop on control EOF
+    or reactor shutdown.
+    """
+
+    def __init__(self, reactor: Any, daemon: Any, reporter: _Reporter, controlFD: Optional[int]):
+        self._reactor = reactor
+        self._daemon = daemon
+        self._reporter = reporter
+        self._controlFD = controlFD
+        self._control: Optional[_PipeWatcher] = None
+        self._done: Deferred = Deferred()
+        self._stopping: Optional[Deferred] = None
+        self._stopWaiters: list[Deferred] = []
+        self._code: Optional[int] = None
+        self._trigger: Any = None
+        self._shuttingDown = False
+
+    def run(self) -> Deferred:
+        self._trigger = self._reactor.addSystemEventTrigger(
+            "before", "shutdown", self._reactorShutdown
+        )
+        if self._controlFD is not None:
+            self._control = _PipeWatcher(
+                self._reactor, self._controlFD, self._controlData, self._controlEnded
+            )
+            self._control.start()
+        try:
+            self._daemon.startService()
+        except Exception as e:
+            log.failure("{name} cannot start", name=self._daemon.name)
+            self._fail(e)
+        else:
+            self._daemon.whenListening().addCallbacks(self._ready, self._listenFailed)
+        return self._done
+
+    def _ready(self, port: Any) -> None:
+        if self._stopping is not None:
+            return
+        self._reporter.report(
+            {
+                "event": "ready",
+                "pid": os.getpid(),
+                "port": self._daemon.port,
+                "created": self._daemon.created,
+            }
+        )
+
+    def _listenFailed(self, failure: Failure) -> None:
+        # The daemon has logged it already.
+        if self._stopping is None:
+            self._fail(failure.value)
+
+    def _fail(self, error: BaseException) -> None:
+        self._reporter.report({"event": "failed", "error": _oneLine(error)})
+        self._code = EX_FAILURE
+        self.stop()
+
+    def _controlData(self, data: bytes) -> None:
+        # Reserved for commands from the manager; nothing is defined yet.
+        pass
+
+    def _controlEnded(self, reason: Failure) -> None:
+        log.info("{name}: the manager closed the control channel; stopping",
+                 name=self._daemon.name)
+        self.stop()
+
+    def _reactorShutdown(self) -> Deferred:
+        self._shuttingDown = True
+        return self.stop()
+
+    def stop(self) -> Deferred:
+        """
+        Stop the daemon (once); the Deferred fires when it has stopped.
+        """
+        d: Deferred = Deferred()
+        if self._stopping is None:
+            if self._control is not None:
+                self._control.stop()
+            if self._daemon.running:
+                self._stopping = maybeDeferred(self._daemon.stopService)
+            else:
+                self._stopping = succeed(None)
+            self._stopping.addErrback(
+                lambda f: log.failure("{name}: error while stopping", f, name=self._daemon.name)
+            )
+            self._stopping.addCallback(self._stopped)
+        if self._stopWaiters is None:
+            d.callback(None)
+        else:
+            self._stopWaiters.append(d)
+        return d
+
+    def _stopped(self, ignored: object) -> None:
+        waiters, self._stopWaiters = self._stopWaiters, None  # type: ignore[assignment]
+        if not self._shuttingDown:
+            self._reactor.removeSystemEventTrigger(self._trigger)
+        for d in waiters:
+            d.callback(None)
+        self._done.callback(EX_OK if self._code is None else self._code)
+
+
+def main(reactor: Any, environ: Mapping[str, str], argv: Sequence[str] = ()) -> Deferred:
+    """
+    Run the daemon that C{environ} describes (see the module docstring) on
+    C{reactor} until it is told to stop.  It neither detaches, nor sets up
+    logging, nor stops the reactor: L{run} does those.
+
+    @return: a Deferred firing with the exit code: L{EX_OK} after a graceful
+        stop (control EOF, or the reactor shutting down), L{EX_CONFIG} at
+        once if the description is bad, L{EX_FAILURE} if the daemon could
+        not start.
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    from .loader import LoadError, resolveDaemon
+
+    reporter = _Reporter(None)
+    try:
+        reporter.fd = _fdFrom(environ, "DAE_REPORT_FD")
+        controlFD = _fdFrom(environ, "DAE_CONTROL_FD")
+        description = childDescription(environ, argv)
+        daemonClass = resolveDaemon(description["reference"])
+        # Parse (not listen on) the endpoint now, to tell a config error
+        # from a listening failure.
+        serverFromString(reactor, description["listen"])
+        options = {"settings": description["settings"]}
+        if description["maxLength"] is not None:
+            options["maxLength"] = description["maxLength"]
+        daemon = daemonClass(description["name"], description["listen"], reactor, **options)
+    except (ChildConfigError, LoadError) as e:
+        return _refuse(reporter, str(e))
+    except Exception as e:
+        return _refuse(reporter, f"{type(e).__name__}: {e}")
+    return _ChildRun(reactor, daemon, reporter, controlFD).run()
+
+
+def _refuse(reporter: _Reporter, error: str) -> Deferred:
+    log.error("cannot start: {error}", error=error)
+    reporter.report({"event": "failed", "error": _oneLine(error)})
+    return succeed(EX_CONFIG)
+
+
+def _textLineObserver(stream: Any) -> Callable[[dict], None]:
+    """
+    A log observer writing C{namespace level: message} lines to C{stream}
+    (the manager captures them, one per line), tracebacks after.
+    """
+    from twisted.logger import LogLevel, formatEvent
+
+    def observe(event: dict) -> None:
+        level = event.get("log_level", LogLevel.info)
+        if level < LogLevel.info:
+            return
+        text = formatEvent(event)
+        failure = event.get("log_failure")
+        if failure is not None:
+            text = f"{text}\n{failure.getTraceback().rstrip()}"
+        namespace = event.get("log_namespace", "-")
+        try:
+            stream.write(f"{namespace} {level.name}: {text}\n")
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    return observe
+
+
+def _reactMain(reactor: Any, environ: Mapping[str, str], argv: Sequence[str]) -> Deferred:
+    def exit(code: int) -> None:
+        if code:
+            raise SystemExit(code)
+
+    return main(reactor, environ, argv).addCallback(exit)
+
+
+def run(argv: Optional[Sequence[str]] = None) -> None:
+    """
+    The C{python -m dae_service.child} entry point: a session and process
+    group of its own, SIGTERM if the manager dies, logs as text lines on
+    stderr, print()s line-buffered on stdout, then L{main} on the global
+    reactor; exits with its code.
+    """
+    import signal
+
+    _detach()
+    setParentDeathSignal(signal.SIGTERM)
+
+    from twisted.internet import task
+    from twisted.logger import globalLogBeginner
+
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    globalLogBeginner.beginLoggingTo(
+        [_textLineObserver(sys.stderr)], redirectStandardIO=False
+    )
+    task.react(_reactMain, (os.environ, list(sys.argv if argv is None else argv)))
+
+
+def _detach() -> None:
+    try:
+        os.setsid()
+    except OSError:
+        # Already the leader of a process group (started by hand from an
+        # interactive shell): it is in a group of its own already.
+        pass
+
+
+if __name__ == "__main__":
+    run()

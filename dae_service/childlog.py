@@ -1,0 +1,76 @@
+"""
+A child's output: each line into C{twisted.logger} under the daemon's name,
+into a per-daemon log file with size-based rotation, and into a bounded
+ring of recent lines for operators.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from typing import Optional
+
+from twisted.logger import Logger
+from twisted.python.logfile import LogFile
+
+__all__ = ["ChildLog"]
+
+#: Recent lines kept in memory per daemon.
+RECENT_LINES = 200
+
+
+class ChildLog:
+    """
+    Where one daemon's output goes.
+
+    @ivar recent: the last L{RECENT_LINES} lines, as C{(time, stream, line)}.
+    """
+
+    def __init__(self, name: str, path: Optional[str], maxBytes: int, backups: int) -> None:
+        self.name = name
+        self.path = path
+        self.maxBytes = maxBytes
+        self.backups = backups
+        self.recent: deque = deque(maxlen=RECENT_LINES)
+        self._log = Logger(namespace=f"dae.{name}")
+        self._file: Optional[LogFile] = None
+
+    def open(self) -> None:
+        """
+        Open the log file (creating its directory).
+        """
+        if self.path is None or self._file is not None:
+            return
+        directory, base = os.path.split(self.path)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self._file = LogFile(
+            base,
+            directory,
+            rotateLength=self.maxBytes,
+            defaultMode=0o600,
+            maxRotatedFiles=self.backups or None,
+        )
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def line(self, stream: str, line: str) -> None:
+        """
+        Record one line the child wrote on C{stream}.
+        """
+        now = time.time()
+        self.recent.append((now, stream, line))
+        self._log.info("{daemon}: {line}", daemon=self.name, line=line, stream=stream)
+        if self._file is not None:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now))
+            self._file.write(f"{stamp} {stream} {line}\n")
+
+    def event(self, message: str) -> None:
+        """
+        Record something the manager says about this daemon (started,
+        exited...), in the same places.
+        """
+        self.line("dae", message)

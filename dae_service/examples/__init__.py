@@ -1,0 +1,3 @@
+"""
+Example daemons: L{echo.Echo} and the key-value L{store.Store}.
+"""

@@ -1,0 +1,610 @@
+"""
+The Dae manager: spawns every configured daemon as a supervised child
+process, starts them in dependency order, keeps the registry, and answers
+control commands over Common TCP (L{ControlDaemon}).
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+import signal
+import sys
+import time
+from typing import Any, Optional
+from weakref import WeakSet
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    gatherResults,
+    succeed,
+)
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from . import wire
+from .childlog import ChildLog
+from .commands import command
+from .config import ConfigError, DaeConfig, DaemonConfig, loadConfig
+from .daemon import Daemon
+from .errors import Fault
+from .loader import resolveClasses
+from .registry import Entry, Registry, StateFile, writeAtomically
+from .supervisor import RestartPolicy, StartFailed, Supervisor
+
+__all__ = ["Dae", "ControlDaemon", "clientEndpointFor"]
+
+
+def clientEndpointFor(listen: str, port: Optional[int]) -> str:
+    """
+    A client endpoint string reaching the manager that listens on C{listen}
+    (bound to C{port}).
+    """
+    kind, _, rest = listen.partition(":")
+    if kind == "unix":
+        address = rest.split(":")[0]
+        if address.startswith("address="):
+            address = address[len("address=") :]
+        return f"unix:path={address}"
+    host = "127.0.0.1"
+    for part in rest.split(":"):
+        if part.startswith("interface="):
+            host = part[len("interface=") :] or host
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = host.replace(":", "\\:")
+    return f"tcp:host={host}:port={port}"
+
+
+class ControlDaemon(Daemon):
+    """
+    The manager's own Common TCP daemon.  C{list}, C{lookup}, C{status} and
+    C{subscribe} are open to every client that can connect; C{start},
+    C{stop}, C{restart} and C{reload} need C{auth [token]} first when the
+    manager listens on TCP (a UNIX socket is protected by its file mode).
+    """
+
+    def __init__(self, manager: "Dae", listen: str, reactor: Any, requireAuth: bool) -> None:
+        super().__init__("dae", listen, reactor)
+        self.manager = manager
+        self.requireAuth = requireAuth
+        self._authenticated: WeakSet = WeakSet()
+
+    def _authorize(self, connection: Any, name: str) -> None:
+        if self.requireAuth and connection not in self._authenticated:
+            raise Fault(wire.UNAUTHORIZED, f"{name} needs auth [token] first", name)
+
+    def _entry(self, name: Any, command: str) -> Entry:
+        entry = self.manager.registry.get(name) if isinstance(name, str) else None
+        if entry is None:
+            raise Fault(wire.NOT_FOUND, f"no daemon named {name!r}", command)
+        return entry
+
+    @command(connection=True)
+    def auth(self, connection: Any, token: Any) -> bool:
+        """
+        Authenticate this connection with the manager's token.
+        """
+        if not isinstance(token, str) or not hmac.compare_digest(
+            token.encode("utf-8"), self.manager.token.encode("utf-8")
+        ):
+            raise Fault(wire.UNAUTHORIZED, "wrong token", "auth")
+        self._authenticated.add(connection)
+        return True
+
+    @command(name="list", reply="daemons")
+    def list_(self) -> list:
+        """
+        Every configured daemon's entry (Node's C{list}; reply C{daemons}).
+        """
+        return self.manager.registry.toList()
+
+    @command
+    def lookup(self, name: Any) -> dict:
+        """
+        One daemon's entry, or a C{not_found} fault.
+        """
+        return self._entry(name, "lookup").toDict()
+
+    @command
+    def status(self, name: Any = None) -> dict:
+        """
+        The manager's own status and every entry, or one daemon's details.
+        """
+        if name is not None:
+            return self.manager.details(self._entry(name, "status").name)
+        return self.manager.statusReport()
+
+    def _act(self, connection: Any, action: str, name: Any) -> Deferred:
+        self._authorize(connection, action)
+        if name == "all":
+            return self.manager.actAll(action).addCallback(lambda _: self.manager.registry.toList())
+        entry = self._entry(name, action)
+        d = self.manager.act(action, entry.name)
+
+        def failed(f: Any) -> Any:
+            f.trap(StartFailed)
+            raise Fault("start_failed", str(f.value), action)
+
+        return d.addCallbacks(lambda _: self.manager.registry.get(entry.name).toDict(), failed)
+
+    @command(connection=True)
+    def start(self, connection: Any, name: Any) -> Deferred:
+        """
+        Start a daemon (and what it requires); answers once it is ready.
+        """
+        return self._act(connection, "start", name)
+
+    @command(connection=True)
+    def stop(self, connection: Any, name: Any) -> Deferred:
+        """
+        Stop a daemon (and what requires it); answers once it has exited.
+        """
+        return self._act(connection, "stop", name)
+
+    @command(connection=True)
+    def restart(self, connection: Any, name: Any) -> Deferred:
+        """
+        Restart a daemon; answers once it is ready again.
+        """
+        return self._act(connection, "restart", name)
+
+    @command(connection=True)
+    def reload(self, connection: Any) -> Deferred:
+        """
+        Re-read the config: restart changed daemons, start new ones, stop
+        removed ones.  Answers with what changed.
+        """
+        self._authorize(connection, "reload")
+        return self.manager.reload()
+
+    @command(connection=True)
+    def subscribe(self, connection: Any) -> bool:
+        """
+        Push a C{changed [entry]} event to this connection on every change.
+        """
+        self.manager.addSubscriber(connection)
+        return True
+
+    @command
+    def logs(self, name: Any, count: Any = 50) -> list:
+        """
+        The last C{count} lines of a daemon's output: C{[time, stream, line]}.
+        """
+        entry = self._entry(name, "logs")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise Fault(wire.BAD_ARGS, "count must be a non-negative integer", "logs")
+        recent = list(self.manager.childLogs[entry.name].recent)
+        return [list(r) for r in recent[-count:]] if count else []
+
+
+class Dae(MultiService):
+    """
+    The manager: a L{MultiService} holding the control daemon, with one
+    L{Supervisor} per configured daemon.
+
+    @ivar registry: the authoritative L{Registry}.
+    @ivar token: the secret that C{auth} checks (also in the state dir's
+        C{token} file, mode 0600).  Never sent, never logged.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: DaeConfig,
+        classes: dict[str, type],
+        reactor: Any,
+        launcher: Any = None,
+        listeningPorts: Any = None,
+        environ: Optional[dict] = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.classes = classes
+        self.reactor = reactor
+        self.launcher = launcher
+        self.listeningPorts = listeningPorts
+        self.environ = dict(os.environ if environ is None else environ)
+        self.registry = Registry()
+        self.supervisors: dict[str, Supervisor] = {}
+        self.childLogs: dict[str, ChildLog] = {}
+        self.token = ""
+        self.control: Optional[ControlDaemon] = None
+        self.started: Optional[float] = None
+        self._pendingStarts: dict[str, Deferred] = {}
+        self._subscribers: WeakSet = WeakSet()
+        self._stateFile: Optional[StateFile] = None
+        self._notifySockets: dict[str, Any] = {}
+        self._stopping = False
+
+    # Lifecycle
+
+    def startService(self) -> None:
+        self.started = time.time()
+        os.makedirs(self.config.stateDir, mode=0o700, exist_ok=True)
+        if self.launcher is None:
+            from .launcher import SpawnLauncher
+
+            self.launcher = SpawnLauncher(self.reactor)
+        if self.listeningPorts is None:
+            from .procnet import listeningPorts
+
+            self.listeningPorts = listeningPorts
+        requireAuth = not self.config.listen.startswith("unix:")
+        self.token = self._loadToken()
+        self.control = ControlDaemon(self, self.config.listen, self.reactor, requireAuth)
+        self.control.setServiceParent(self)
+        for d in self.config.daemons:
+            self._add(d)
+        self.registry.subscribe(self._broadcast)
+        self._stateFile = StateFile(
+            self.reactor,
+            os.path.join(self.config.stateDir, "state.json"),
+            self.registry,
+            extra=lambda: {"manager": {"pid": os.getpid(), "started": self.started, "config": self.config.path}},
+        )
+        self._stateFile.start()
+        super().startService()
+        self.reactor.callWhenRunning(self.installSignalHandlers)
+        self.control.whenListening().addCallbacks(self._controlListening, self._controlFailed)
+
+    def _loadToken(self) -> str:
+        path = os.path.join(self.config.stateDir, "token")
+        try:
+            with open(path, encoding="ascii") as f:
+                token = f.read().strip()
+            if len(token) >= 32:
+                return token
+        except OSError:
+            pass
+        token = secrets.token_urlsafe(32)
+        writeAtomically(path, token.encode("ascii") + b"\n", 0o600)
+        return token
+
+    def _controlListening(self, port: Any) -> None:
+        self.log.info(
+            "dae manager listening on {listen}; {count} daemons",
+            listen=self.config.listen,
+            count=len(self.supervisors),
+        )
+        self.startAll()
+
+    def _controlFailed(self, failure: Any) -> None:
+        self.log.critical("dae manager cannot listen on {listen}; stopping", listen=self.config.listen)
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def installSignalHandlers(self) -> None:
+        """
+        SIGHUP reloads the config; SIGTERM and SIGINT stop the tree and exit
+        0 (twistd's own handlers would re-raise the signal at exit).
+        """
+        def reload(signum: int, frame: Any) -> None:
+            self.reactor.callFromThread(self.reload)
+
+        def terminate(signum: int, frame: Any) -> None:
+            self.reactor.callFromThread(self._terminate, signal.Signals(signum).name)
+
+        signal.signal(signal.SIGHUP, reload)
+        signal.signal(signal.SIGTERM, terminate)
+        signal.signal(signal.SIGINT, terminate)
+
+    def _terminate(self, name: str) -> None:
+        if not self._stopping:
+            self.log.info("{signal}: stopping every daemon", signal=name)
+            self.reactor.stop()
+
+    def stopService(self) -> Deferred:
+        self._stopping = True
+        for d in list(self._pendingStarts.values()):
+            d.cancel()
+        d = self.stopAll()
+
+        def stopRest(_: Any) -> Deferred:
+            return MultiService.stopService(self)
+
+        def finish(result: Any) -> Any:
+            for name in list(self._notifySockets):
+                self._closeNotifySocket(name)
+            if self._stateFile is not None:
+                self._stateFile.stop()
+            for log in self.childLogs.values():
+                log.close()
+            return result
+
+        return d.addCallback(stopRest).addBoth(finish)
+
+    # Building
+
+    def _policy(self, d: DaemonConfig) -> RestartPolicy:
+        return RestartPolicy.fromConfig(d)
+
+    def _add(self, d: DaemonConfig) -> None:
+        kind = "daemon" if d.daemon is not None else "command"
+        self.registry.add(Entry(d.name, kind=kind, requires=tuple(d.requires)))
+        log = self.childLogs.get(d.name)
+        if log is not None:
+            log.close()
+        log = ChildLog(d.name, d.logFile, d.logMaxBytes, d.logBackups)
+        try:
+            log.open()
+        except OSError as e:
+            self.log.error("{name}: cannot open log file {path}: {error}", name=d.name, path=d.logFile, error=e)
+        self.childLogs[d.name] = log
+        probeFactory = None
+        if kind == "command":
+            probeFactory = self._probeFactory
+        supervisor = self.supervisors[d.name] = Supervisor(
+            d.name,
+            self.launcher,
+            self.reactor,
+            self.registry,
+            lambda d=d: self._spec(d),
+            self._policy(d),
+            probeFactory=probeFactory,
+            childLog=log,
+        )
+        if kind == "command":
+            self._openNotifySocket(d.name, supervisor)
+
+    def _notifyPath(self, name: str) -> str:
+        return os.path.join(self.config.stateDir, "notify", f"{name}.sock")
+
+    def _openNotifySocket(self, name: str, supervisor: Supervisor) -> None:
+        """
+        A NOTIFY_SOCKET of its own for a foreign program, in a directory
+        only we can enter, so C{READY=1} there can only come from it.
+        """
+        from .notify import NotifySocket
+
+        old = self._notifySockets.pop(name, None)
+        if old is not None:
+            old.stop()
+        directory = os.path.dirname(self._notifyPath(name))
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        sock = NotifySocket(self.reactor, self._notifyPath(name), supervisor.childNotified)
+        try:
+            sock.start()
+        except Exception:
+            self.log.failure("{name}: cannot open its notify socket", name=name)
+            return
+        self._notifySockets[name] = sock
+
+    def _closeNotifySocket(self, name: str) -> Deferred:
+        sock = self._notifySockets.pop(name, None)
+        return succeed(None) if sock is None else sock.stop()
+
+    def _probeFactory(self, supervisor: Supervisor, process: Any) -> Any:
+        from .readiness import CommandProbe
+
+        return CommandProbe(self.reactor, supervisor, process.pid, self.listeningPorts)
+
+    def _childEnvironment(self, d: DaemonConfig) -> dict:
+        env = dict(self.environ) if d.inheritEnv else {}
+        env.update(d.envDict())
+        env.pop("DAE_SECRET", None)
+        if d.daemon is not None:
+            # The child must import what the manager imported when it checked
+            # the config: give it the manager's import path.
+            paths = [p for p in sys.path if p]
+            if env.get("PYTHONPATH"):
+                paths.append(env["PYTHONPATH"])
+            env["PYTHONPATH"] = os.pathsep.join(paths)
+        port = self.control.port if self.control is not None else None
+        env["DAE_MANAGER"] = clientEndpointFor(self.config.listen, port)
+        return env
+
+    def _spec(self, d: DaemonConfig) -> Any:
+        from .launcher import commandChildSpec, pythonChildSpec
+
+        env = self._childEnvironment(d)
+        managerPort = self.control.port if self.control is not None else None
+        if d.daemon is not None:
+            cls = self.classes[d.name]
+            return pythonChildSpec(
+                d.name,
+                f"{cls.__module__}:{cls.__qualname__}",
+                d.listen,
+                settings=d.settingsDict(),
+                maxLength=d.maxLength,
+                env=env,
+                cwd=d.cwd,
+                managerPid=os.getpid(),
+                managerPort=managerPort,
+            )
+        return commandChildSpec(
+            d.name,
+            d.command,
+            env=env,
+            cwd=d.cwd,
+            managerPid=os.getpid(),
+            managerPort=managerPort,
+            notifySocket=self._notifyPath(d.name) if d.name in self._notifySockets else None,
+        )
+
+    # Dependency order
+
+    def _dependents(self, name: str) -> list[str]:
+        return [d.name for d in self.config.daemons if name in d.requires]
+
+    def startAll(self) -> Deferred:
+        """
+        Start every daemon, each once everything it requires is ready.
+        """
+        return DeferredList(
+            [self.startWithRequirements(name) for name in self.config.startOrder()],
+            consumeErrors=True,
+        )
+
+    def startWithRequirements(self, name: str) -> Deferred:
+        """
+        Start C{name} once all it requires is ready (starting those too).
+        """
+        if name in self._pendingStarts:
+            return self._pendingStarts[name]
+        requires = self.config.daemon(name).requires
+        waits = []
+        for r in requires:
+            waits.append(self.startWithRequirements(r))
+        supervisor = self.supervisors[name]
+        if waits and supervisor.state in ("stopped", "exited", "failed"):
+            self.registry.update(name, state="waiting", reason="waiting for " + ", ".join(requires))
+
+        def go(_: Any) -> Deferred:
+            return supervisor.start()
+
+        d = gatherResults(waits, consumeErrors=True) if waits else succeed(None)
+        d.addCallback(go)
+
+        def done(result: Any) -> Any:
+            self._pendingStarts.pop(name, None)
+            if isinstance(result, Failure) and result.check(CancelledError):
+                return None
+            return result
+
+        d.addBoth(done)
+        self._pendingStarts[name] = d
+        return d
+
+    def stopWithDependents(self, name: str, _stopping: Optional[dict] = None) -> Deferred:
+        """
+        Stop C{name} after every daemon that requires it has stopped.
+        """
+        stopping = {} if _stopping is None else _stopping
+        if name in stopping:
+            return stopping[name]
+        pending = self._pendingStarts.pop(name, None)
+        if pending is not None:
+            pending.cancel()
+        first = [self.stopWithDependents(n, stopping) for n in self._dependents(name) if n in self.supervisors]
+        d = DeferredList(first).addCallback(lambda _: self.supervisors[name].stop())
+        stopping[name] = d
+        return d
+
+    def stopAll(self) -> Deferred:
+        """
+        Stop every daemon in reverse dependency order.
+        """
+        stopping: dict = {}
+        return DeferredList(
+            [self.stopWithDependents(n, stopping) for n in reversed(self.config.startOrder())]
+        )
+
+    def act(self, action: str, name: str) -> Deferred:
+        """
+        C{start}, C{stop} or C{restart} one daemon.
+        """
+        if action == "start":
+            return self.startWithRequirements(name)
+        if action == "stop":
+            return self.stopWithDependents(name)
+        return self.supervisors[name].restart()
+
+    def actAll(self, action: str) -> Deferred:
+        if action == "start":
+            return self.startAll()
+        if action == "stop":
+            return self.stopAll()
+        return self.stopAll().addCallback(lambda _: self.startAll())
+
+    # Reload
+
+    def reload(self) -> Deferred:
+        """
+        Re-read the config file.  An invalid file changes nothing.
+
+        @return: a Deferred firing with C{{"added": [...], "removed": [...],
+            "changed": [...]}} once every affected daemon is started or
+            stopped.
+        """
+        try:
+            new = loadConfig(self.config.path, self.environ)
+            classes = resolveClasses(new)
+        except Exception as e:
+            self.log.error("reload of {path} rejected; keeping the running config:\n{error}", path=self.config.path, error=e)
+            f = Fault("bad_config", str(e).splitlines()[0] if str(e) else type(e).__name__, "reload")
+            d: Deferred = Deferred()
+            d.errback(f)
+            return d
+        old = {d.name: d for d in self.config.daemons}
+        fresh = {d.name: d for d in new.daemons}
+        removed = [n for n in old if n not in fresh]
+        added = [n for n in fresh if n not in old]
+        changed = [
+            n for n in fresh if n in old and (old[n] != fresh[n] or self._classChanged(n, classes))
+        ]
+        self.log.info(
+            "reload: added {added}, removed {removed}, changed {changed}",
+            added=added, removed=removed, changed=changed,
+        )
+        stopping: dict = {}
+        stops = [self.stopWithDependents(n, stopping) for n in removed + changed]
+
+        def swap(_: Any) -> Deferred:
+            oldConfig = self.config
+            self.config = new
+            self.classes = classes
+            for n in removed:
+                self._closeNotifySocket(n)
+                self.supervisors.pop(n, None)
+                log = self.childLogs.pop(n, None)
+                if log is not None:
+                    log.close()
+                self.registry.remove(n)
+            for n in changed:
+                entry = self.registry.get(n)
+                self._add(new.daemon(n))
+                self.registry.update(n, restarts=entry.restarts)
+            for n in added:
+                self._add(new.daemon(n))
+            restart = set(added) | set(changed)
+            # Daemons stopped because something they require changed come back too.
+            for name, d in stopping.items():
+                if name in fresh and self.registry.get(name).state == "stopped":
+                    restart.add(name)
+            del oldConfig
+            starts = [self.startWithRequirements(n) for n in new.startOrder() if n in restart]
+            return DeferredList(starts, consumeErrors=True)
+
+        summary = {"added": added, "removed": removed, "changed": changed}
+        return DeferredList(stops).addCallback(swap).addCallback(lambda _: summary)
+
+    def _classChanged(self, name: str, classes: dict) -> bool:
+        return self.classes.get(name) is not classes.get(name)
+
+    # Reporting
+
+    def addSubscriber(self, connection: Any) -> None:
+        self._subscribers.add(connection)
+
+    def _broadcast(self, entry: Entry) -> None:
+        payload = [entry.toDict()]
+        for connection in list(self._subscribers):
+            if not connection.closed:
+                connection.sendEvent("changed", payload)
+
+    def statusReport(self) -> dict:
+        return {
+            "manager": {
+                "pid": os.getpid(),
+                "port": self.control.port if self.control else None,
+                "started": int(self.started * 1000) if self.started else None,
+                "config": self.config.path,
+            },
+            "daemons": self.registry.toList(),
+        }
+
+    def details(self, name: str) -> dict:
+        entry = self.registry.get(name).toDict()
+        supervisor = self.supervisors[name]
+        entry["quick_failures"] = supervisor.quickFailures
+        entry["log_file"] = self.childLogs[name].path
+        return entry

@@ -50,6 +50,9 @@ P50_TARGET = 1.2  # request/response p50 ratio <= this
 
 MAX_LINE = 1024 * 1024
 
+# Warn when other processes used more than this % of a CPU during a window.
+OTHER_CPU_WARN = 10
+
 # Where server and load generator run, per scenario (--placement):
 #   split:  server alone on CPU 0, load generator on CPU 1;
 #   shared: both on CPU 1 (the parent, which mostly sleeps, stays off it);
@@ -400,6 +403,15 @@ def _proc_cpu_ns(pid: int) -> int:
     return (int(fields[11]) + int(fields[12])) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
+def _system_busy_ns() -> int:
+    """CPU time spent in user and system mode by everything, all CPUs."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()
+    # cpu user nice system idle iowait irq softirq steal ...
+    ticks = int(fields[1]) + int(fields[2]) + int(fields[3])
+    return ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
 def _setAffinity(pid: int, cpus: set[int]) -> None:
     # Every thread of the process (sched_setaffinity on a pid is per thread).
     try:
@@ -560,9 +572,9 @@ def runScenario(server: Server, scenario: str, a) -> dict:
         first = [expect(p, "M") for p in procs]
         if any(line != "M" for line in first):
             return failure([line for line in first if line != "M"])
-        s0, w0 = _proc_cpu_ns(server.proc.pid), time.perf_counter_ns()
+        s0, b0, w0 = _proc_cpu_ns(server.proc.pid), _system_busy_ns(), time.perf_counter_ns()
         done = [expect(p, "D") for p in procs]
-        s1, w1 = _proc_cpu_ns(server.proc.pid), time.perf_counter_ns()
+        s1, b1, w1 = _proc_cpu_ns(server.proc.pid), _system_busy_ns(), time.perf_counter_ns()
         if any(line != "D" for line in done):
             return failure([line for line in done if line != "D"])
         results = []
@@ -588,12 +600,18 @@ def runScenario(server: Server, scenario: str, a) -> dict:
     lat = sorted(x for r in results for x in r["latencies_ns"])
     requests = sum(r["requests"] for r in results)
     elapsed = max(r["elapsed_ns"] for r in results)
+    client_cpu = sum(r["cpu_ns"] for r in results)
+    # Whatever else ran on the machine meanwhile (user + system time, all CPUs,
+    # minus the server's and load generator's), in % of one CPU.  Tick-based,
+    # so a few % of noise; tens of % mean the figures are disturbed.
+    other = (b1 - b0) - (s1 - s0) - client_cpu * (w1 - w0) / max(1, elapsed)
     return {
         "req_per_s": requests / (elapsed / 1e9),
         "p50_us": _percentile(lat, 50) / 1e3,
         "p99_us": _percentile(lat, 99) / 1e3,
         "server_cpu_pct": 100.0 * (s1 - s0) / max(1, w1 - w0),
-        "client_cpu_pct": 100.0 * sum(r["cpu_ns"] for r in results) / max(1, elapsed),
+        "client_cpu_pct": 100.0 * client_cpu / max(1, elapsed),
+        "other_cpu_pct": max(0.0, 100.0 * other / max(1, w1 - w0)),
         "requests": requests,
         "seconds": elapsed / 1e9,
         "latency_unit": f"batch of {a.depth}" if scenario == "pipelined" else "request",
@@ -617,7 +635,8 @@ def combineRounds(rounds: list[dict]) -> dict:
     if len(rounds) == 1:
         return dict(rounds[0])
     out = dict(rounds[0])
-    for k in ("req_per_s", "p50_us", "p99_us", "server_cpu_pct", "client_cpu_pct"):
+    for k in ("req_per_s", "p50_us", "p99_us", "server_cpu_pct", "client_cpu_pct",
+              "other_cpu_pct"):
         out[k] = _median([r[k] for r in rounds])
     out["requests"] = sum(r["requests"] for r in rounds)
     out["seconds"] = sum(r["seconds"] for r in rounds)
@@ -680,6 +699,8 @@ def reproduceCommand(a) -> str:
         cmd += ["--value", a.value]
     if list(a.servers) != list(SERVERS):
         cmd += ["--servers", ",".join(a.servers)]
+    if list(a.scenarios) != list(SCENARIOS):
+        cmd += ["--scenarios", ",".join(a.scenarios)]
     if a.placement != "auto":
         cmd += ["--placement", a.placement]
     if a.baseline_nagle:
@@ -708,10 +729,12 @@ def report(a, results: dict, skips: dict, mach: dict) -> dict:
           + f"), Python {mach['python']} ({mach['executable']}), Twisted {mach['twisted']}")
     print()
     hdr = (f"{'scenario':<28} {'server':<9} {'req/s':>9} {'p50 us':>8} {'p99 us':>8} "
-           f"{'srv CPU':>7} {'cli CPU':>7}  placement")
+           f"{'server':>6} {'client':>6} {'other':>6}  placement")
+    print(f"{'':<67}{'-- CPU used --':^20}")
     print(hdr)
-    print("-" * (len(hdr) + 22))
-    for sc in SCENARIOS:
+    print("-" * (len(hdr) + 20))
+    disturbed = []
+    for sc in a.scenarios:
         for sv in a.servers:
             r = results.get(sv, {}).get(sc)
             if sv in skips:
@@ -722,8 +745,10 @@ def report(a, results: dict, skips: dict, mach: dict) -> dict:
                 print(f"{title(sc):<28} {sv:<9} {'FAILED':>9}  {r['error'].splitlines()[0]}")
             else:
                 print(f"{title(sc):<28} {sv:<9} {r['req_per_s']:>9,.0f} {r['p50_us']:>8.1f} "
-                      f"{r['p99_us']:>8.1f} {r['server_cpu_pct']:>6.0f}% {r['client_cpu_pct']:>6.0f}%"
-                      f"  {placementText(r['placement'])}")
+                      f"{r['p99_us']:>8.1f} {r['server_cpu_pct']:>5.0f}% {r['client_cpu_pct']:>5.0f}%"
+                      f" {r['other_cpu_pct']:>5.0f}%  {placementText(r['placement'])}")
+                if r["other_cpu_pct"] > OTHER_CPU_WARN:
+                    disturbed.append(f"{sc}/{sv}")
     print()
     print(f"latency: per request, except pipelined: per batch of {a.depth} (its write to its "
           f"last reply line).")
@@ -731,6 +756,12 @@ def report(a, results: dict, skips: dict, mach: dict) -> dict:
           f"{a.conn_procs} epoll load-generator process(es).")
     print("baseline: Twisted LineReceiver + json" +
           (" (Nagle left on)" if a.baseline_nagle else ", TCP_NODELAY set"))
+    print("CPU used: % of one CPU during the measured window; other = everything else on "
+          "the machine.")
+    if disturbed:
+        print(f"WARNING: other processes used over {OTHER_CPU_WARN}% of a CPU during "
+              f"{', '.join(disturbed)}: those figures are disturbed; rerun on a quiet "
+              f"machine (or with --rounds 3).")
 
     targets = {}
     b = results.get("baseline", {})
@@ -796,7 +827,7 @@ def parentMain(a) -> int:
                   file=sys.stderr, flush=True)
         # Scenario by scenario, the servers alternating round by round, so
         # that a disturbance on the machine hits both rather than one.
-        for sc in SCENARIOS:
+        for sc in a.scenarios:
             rounds: dict = {kind: [] for kind in servers}
             for i in range(a.rounds):
                 order = list(servers) if i % 2 == 0 else list(servers)[::-1]
@@ -850,6 +881,8 @@ def main(argv=None) -> int:
     p.add_argument("--value", default=DEFAULT_VALUE, help="the string to echo")
     p.add_argument("--servers", default=",".join(SERVERS),
                    help="comma-separated subset of: " + ", ".join(SERVERS))
+    p.add_argument("--scenarios", default=",".join(SCENARIOS),
+                   help="comma-separated subset of: " + ", ".join(SCENARIOS))
     p.add_argument("--placement", choices=PLACEMENTS, default="auto",
                    help="CPU placement of server and load generator (default %(default)s: "
                         "shared CPU for the single-connection scenarios, split for "
@@ -877,6 +910,10 @@ def main(argv=None) -> int:
     for s in a.servers:
         if s not in SERVERS:
             p.error(f"unknown server {s!r}")
+    a.scenarios = [s.strip() for s in a.scenarios.split(",") if s.strip()]
+    for s in a.scenarios:
+        if s not in SCENARIOS:
+            p.error(f"unknown scenario {s!r}")
     if not a.duration > 0 or a.warmup < 0 or a.rounds < 1 or a.depth < 1 or a.conns < 1 \
             or a.conn_procs < 1:
         p.error("need duration > 0, warmup >= 0, rounds, depth, conns, conn-procs >= 1")

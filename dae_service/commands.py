@@ -17,7 +17,10 @@ _MARK = "__dae_command__"
 
 #: Names a user command may not take: the built-ins and the reply names a
 #: guest must be able to tell apart from every command's own.
-RESERVED_NAMES = frozenset({"dae", "whois", "options", "fault", "credential", "commands"})
+#: C{error} too: a packet of that name makes a Node.js peer throw and exit.
+RESERVED_NAMES = frozenset(
+    {"dae", "whois", "options", "fault", "error", "credential", "commands"}
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -147,9 +150,9 @@ def collectCommands(cls: type, builtins: frozenset = frozenset()) -> dict[str, C
             if not isinstance(mark, _Mark):
                 continue
             name = attribute if mark.name is None else mark.name
-            if not validName(name):
+            if not (validName(name) and name.isascii()):
                 raise TypeError(f"{cls.__qualname__}.{attribute}: invalid command name {name!r}")
-            if mark.reply is not None and not validName(mark.reply):
+            if mark.reply is not None and not (validName(mark.reply) and mark.reply.isascii()):
                 raise TypeError(
                     f"{cls.__qualname__}.{attribute}: invalid reply name {mark.reply!r}"
                 )

@@ -39,7 +39,7 @@ DEFAULT_LISTEN = "tcp:0:interface=127.0.0.1"
 DEFAULT_DRAIN_TIMEOUT = 5.0
 
 _BUILTINS = frozenset({"dae", "whois", "options"})
-_BUILTIN_REPLIES = frozenset({"credential", "commands", "fault"})
+_BUILTIN_REPLIES = frozenset({"credential", "commands", "fault", "error"})
 
 
 def _isCoroutine(value: object) -> bool:

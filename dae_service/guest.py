@@ -26,9 +26,10 @@ with C{addEventListener}.
 from __future__ import annotations
 
 import math
+import os
 import random
 from collections import deque
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
@@ -591,6 +592,42 @@ class Guest:
         self._closed = False
         self._stopped = False
         self._stopWaiters: list[Deferred] = []
+        self._alsoClose: list[Any] = []
+
+    @classmethod
+    def byName(
+        cls,
+        reactor: Any,
+        name: str,
+        manager: Optional[EndpointSource] = None,
+        *,
+        environ: Optional[Mapping[str, str]] = None,
+        resolveTimeout: float = 10.0,
+        **kwargs: Any,
+    ) -> "Guest":
+        """
+        A guest of the daemon the manager knows as C{name}: its address is
+        looked up through the manager before every connection, and when the
+        manager reports that the daemon came back elsewhere (a restart), the
+        guest drops its old connection and follows it.
+
+        @param manager: the manager's client endpoint; by default
+            C{$DAE_MANAGER}, which the manager gives every daemon it starts.
+        @param resolveTimeout: how long one connection attempt waits for the
+            daemon to be ready before the attempt fails (and is retried).
+        @param kwargs: as for L{Guest}.
+        @raise ValueError: without a manager endpoint.
+        """
+        if manager is None:
+            manager = (os.environ if environ is None else environ).get("DAE_MANAGER")
+            if not manager:
+                raise ValueError("no manager endpoint given and DAE_MANAGER is not set")
+        managerGuest = cls(reactor, manager, timeout=kwargs.get("timeout", DEFAULT_TIMEOUT))
+        resolver = _NameResolver(reactor, managerGuest, name, resolveTimeout)
+        guest = cls(reactor, resolver.resolve, **kwargs)
+        resolver.guest = guest
+        guest._alsoClose.append(managerGuest)
+        return guest
 
     @classmethod
     def connect(cls, reactor: Any, endpoint: EndpointSource, **kwargs: Any) -> Deferred:
@@ -693,6 +730,8 @@ class Guest:
             for w in waiters:
                 w.errback(GuestConnectionLost("the guest was closed before it connected"))
             stopping.addBoth(self._finishStopping)
+            for other in self._alsoClose:
+                other.close()
         d: Deferred = Deferred()
         if self._stopped:
             d.callback(None)
@@ -762,3 +801,62 @@ class Guest:
         waiters, self._stopWaiters = self._stopWaiters, []
         for w in waiters:
             w.callback(None)
+
+
+class _NameResolver:
+    """
+    Finds where the daemon called C{name} listens, through the manager: a
+    C{subscribe} (so no change is missed) then a C{lookup}; when it is not
+    ready, waits for the C{changed} event that says it is.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, manager: Guest, name: str, timeout: float) -> None:
+        self._reactor = reactor
+        self._manager = manager
+        self.name = name
+        self.timeout = timeout
+        self.guest: Optional[Guest] = None
+        self._port: Optional[int] = None
+        self._waiters: list[Deferred] = []
+        manager.addEventListener("changed", self._changed)
+
+    def resolve(self) -> Deferred:
+        """
+        @return: a Deferred of the daemon's client endpoint string.
+        """
+        manager = self._manager
+        manager.call("subscribe").addErrback(lambda f: None)
+        d = manager.call("lookup", self.name).addCallback(self._looked)
+        return d.addTimeout(self.timeout, self._reactor)
+
+    def _looked(self, entry: Any) -> Any:
+        if isinstance(entry, dict) and entry.get("state") == "ready" and entry.get("port"):
+            return self._endpoint(entry["port"])
+        d: Deferred = Deferred(lambda d: self._waiters.remove(d) if d in self._waiters else None)
+        self._waiters.append(d)
+        return d
+
+    def _endpoint(self, port: int) -> str:
+        self._port = port
+        return f"tcp:host=127.0.0.1:port={port}"
+
+    def _changed(self, args: list) -> None:
+        entry = args[0] if args else None
+        if not isinstance(entry, dict) or entry.get("name") != self.name:
+            return
+        if entry.get("state") != "ready" or not entry.get("port"):
+            return
+        port = entry["port"]
+        waiters, self._waiters = self._waiters, []
+        if waiters:
+            endpoint = self._endpoint(port)
+            for d in waiters:
+                d.callback(endpoint)
+            return
+        guest = self.guest
+        if port != self._port and guest is not None and guest._current is not None:
+            # It came back elsewhere while we still hold the old connection.
+            self.log.info("{name} moved to port {port}; reconnecting", name=self.name, port=port)
+            guest._current.transport.loseConnection()

@@ -12,6 +12,7 @@ so a protocol can answer it in order and keep going.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any, Iterable, NamedTuple, Optional, Union
 
@@ -84,7 +85,16 @@ def _rejectConstant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-_decode = json.JSONDecoder(parse_constant=_rejectConstant)
+def _finiteFloat(text: str) -> float:
+    # "1e400" is valid JSON but overflows to infinity, which could never be
+    # sent back: refuse it as the syntax error NaN would be.
+    value = float(text)
+    if value in (math.inf, -math.inf):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+_decode = json.JSONDecoder(parse_constant=_rejectConstant, parse_float=_finiteFloat)
 _loads = _decode.decode
 _rawDecode = _decode.raw_decode
 _dumps = json.JSONEncoder(
@@ -121,8 +131,8 @@ def encode(name: str, args: Iterable[Any] = ()) -> bytes:
         Infinity.
     @raise TypeError: if C{args} holds something JSON cannot represent.
     """
-    if not validName(name):
-        raise ValueError(f"invalid packet name {name!r}")
+    if not validName(name) or not name.isascii():
+        raise ValueError(f"invalid packet name {name!r} (ASCII, no spaces or controls)")
     if not isinstance(args, list):
         args = list(args)
     return b"%s %s\n" % (name.encode("utf-8"), _dumps(args).encode("ascii"))

@@ -184,11 +184,12 @@ class CommandDecoratorTests(SynchronousTestCase):
 
     def test_reservedNames(self) -> None:
         """
-        The built-in commands and their reply names cannot be declared.
+        The built-in commands and their reply names cannot be declared, nor
+        C{error}, which crashes Node.js peers.
         """
         self.assertEqual(
             RESERVED_NAMES,
-            {"dae", "whois", "options", "fault", "credential", "commands"},
+            {"dae", "whois", "options", "fault", "error", "credential", "commands"},
         )
         for name in sorted(RESERVED_NAMES):
             D = type("D", (), {"f": command(name=name)(lambda self: None)})
@@ -333,3 +334,37 @@ class CountProblemTests(SynchronousTestCase):
         self.assertEqual(
             self.spec(1, None).countProblem(0), "get takes at least 1 argument (0 given)"
         )
+
+
+class ReservedErrorTests(SynchronousTestCase):
+    """
+    C{error} is reserved: a packet of that name crashes Node.js peers.
+    """
+
+    def test_errorCommandRejected(self):
+        """
+        Declaring a command named C{error} fails at class creation.
+        """
+        from dae_service import Daemon
+
+        def declare():
+            class Bad(Daemon):
+                @command
+                def error(self):
+                    pass
+
+        self.assertRaises(TypeError, declare)
+
+    def test_nonAsciiCommandRejected(self):
+        """
+        Command names are ASCII, since their replies carry them.
+        """
+        from dae_service import Daemon
+
+        def declare():
+            class Bad(Daemon):
+                @command(name="caf\u00e9")
+                def cafe(self):
+                    pass
+
+        self.assertRaises(TypeError, declare)

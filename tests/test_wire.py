@@ -618,8 +618,9 @@ class EncodeTests(SynchronousTestCase):
 
 # Property tests.
 
+# Names we send are ASCII (PROTOCOL.md: what we send is ASCII only).
 names = st.text(
-    st.characters(exclude_categories=("C", "Z")), min_size=1, max_size=12
+    st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=12
 ).filter(validName) | st.sampled_from(["a", "get", "n" * 128, "x[", "]y", '"q"', "\\"])
 
 jsonValues = st.recursive(
@@ -736,3 +737,30 @@ class PropertyTests(SynchronousTestCase):
         self.assertEqual(
             data, b"x " + json.dumps([value], separators=(",", ":")).encode() + b"\n"
         )
+
+
+class ContractGapTests(SynchronousTestCase):
+    """
+    Cases found while reviewing the codec against PROTOCOL.md.
+    """
+
+    def test_overflowingFloatIsBadJson(self):
+        """
+        C{1e400} is valid JSON syntax but overflows to infinity, which could
+        never be sent back, so it is refused as C{bad_json}.
+        """
+        [result] = PacketParser().feed(b"x [1e400]\n")
+        self.assertEqual((result.code, result.command), (BAD_JSON, "x"))
+
+    def test_finiteFloatsStillDecode(self):
+        """
+        Ordinary floats, including large finite ones, decode as floats.
+        """
+        [result] = PacketParser().feed(b"x [1.5,-2e300]\n")
+        self.assertEqual(result, Packet("x", [1.5, -2e300]))
+
+    def test_encodeRefusesNonAsciiNames(self):
+        """
+        What we send is ASCII only, names included.
+        """
+        self.assertRaises(ValueError, encode, "caf\u00e9", [])

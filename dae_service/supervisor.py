@@ -189,9 +189,11 @@ class Supervisor:
         """
         self._wanted = False
         self._failWaiters("stopped before it was ready")
-        self._cancelTimer()
-        self._stopProbe()
         state = self.state
+        if state != "stopping":
+            # While stopping, the timer is the SIGKILL escalation: keep it.
+            self._cancelTimer()
+        self._stopProbe()
         if self.process is None:
             if state not in ("failed", "exited"):
                 self._set(state="stopped", pid=None, port=None, reason=None)

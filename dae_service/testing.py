@@ -51,6 +51,7 @@ from typing import Any, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock
 from twisted.test import iosim
 
 from .guest import GuestProtocol
@@ -61,15 +62,19 @@ __all__ = ["DaemonConnection", "connectDaemon", "callCommand"]
 
 def _prepareDaemon(daemon: Any, reactor: Any) -> CommonTCPServerFactory:
     """
-    Make C{daemon} ready to answer connections without listening: bind its
-    command handlers and build its server factory, as C{startService} does.
-    A daemon made without a reactor is given C{reactor}.
+    Make C{daemon} ready to answer connections without a socket.
+
+    A daemon made without a reactor is given C{reactor}; when that is a
+    L{MemoryReactor} (the default is a L{MemoryReactorClock}) the daemon is
+    really started, so the author's C{startService} runs and its listen is
+    only recorded.  Otherwise its handlers are bound without starting it.
     """
-    # This reaches into Daemon's private state, standing in for a public
-    # "prepare without listening" method that Daemon does not have yet.
     if daemon._factory is None:
         if daemon._reactor is None:
             daemon._reactor = reactor
+        if not daemon.running and isinstance(daemon._reactor, MemoryReactor):
+            daemon.startService()
+            return daemon._factory
         if daemon.created is None:
             daemon.created = int(time.time() * 1000)
         daemon._bound = {
@@ -135,7 +140,7 @@ class DaemonConnection:
 
     def __init__(self, daemon: Any, reactor: Any = None, *, autoPump: bool = True) -> None:
         self.daemon = daemon
-        self.clock = Clock() if reactor is None else reactor
+        self.clock = MemoryReactorClock() if reactor is None else reactor
         self.autoPump = autoPump
         self.events: list[tuple[str, list]] = []
         factory = _prepareDaemon(daemon, self.clock)
@@ -227,11 +232,12 @@ class DaemonConnection:
 
 def connectDaemon(daemon: Any, reactor: Any = None, *, autoPump: bool = True) -> DaemonConnection:
     """
-    Connect a guest to C{daemon} in memory; the daemon need not be started
-    (and does not listen).
+    Connect a guest to C{daemon} in memory.  A daemon made without a
+    reactor is started on a L{MemoryReactorClock}: its C{startService} runs,
+    and it listens on no real socket.
 
     @param reactor: the clock for call timeouts, and the daemon's reactor if
-        it was made without one; a new L{task.Clock} by default.
+        it was made without one; a new L{MemoryReactorClock} by default.
     @param autoPump: deliver writes at once (see the module docstring).
     """
     return DaemonConnection(daemon, reactor, autoPump=autoPump)

@@ -79,16 +79,29 @@ class ConnectDaemonTests(SynchronousTestCase):
         ds = [connection.call("echo", i) for i in range(5)]
         self.assertEqual([self.successResultOf(d) for d in ds], list(range(5)))
 
-    def test_daemonNotListening(self):
+    def test_daemonStartedInMemory(self):
         """
-        The daemon is not started and does not listen; its built-ins answer.
+        A daemon made without a reactor is started on a memory reactor: its
+        C{startService} runs, its listen is only recorded (on the configured
+        port, 0 here), and its built-ins answer.
         """
         daemon = Echo(name="e")
         connection = connectDaemon(daemon)
         whois = self.successResultOf(connection.call("whois"))
-        self.assertEqual((whois["name"], whois["port"]), ("e", None))
-        self.assertFalse(daemon.running)
-        self.assertIsNone(daemon.port)
+        self.assertEqual((whois["name"], whois["port"]), ("e", 0))
+        self.assertTrue(daemon.running)
+        [(port, factory, backlog, interface)] = connection.clock.tcpServers
+        self.assertEqual((port, interface), (0, "127.0.0.1"))
+
+    def test_startServiceRuns(self):
+        """
+        State an author sets up in C{startService} is there for commands.
+        """
+        from dae_service.examples.store import Store
+
+        connection = connectDaemon(Store())
+        connection.call("set", "k", 1)
+        self.assertEqual(self.successResultOf(connection.call("get", "k")), 1)
 
     def test_deferredHandler(self):
         """
@@ -186,7 +199,7 @@ class ConnectDaemonTests(SynchronousTestCase):
         """
         connection = connectDaemon(Echo(name="e"))
         self.assertEqual(
-            self.successResultOf(connection.call("dae")), ["e", os.getpid(), None, None]
+            self.successResultOf(connection.call("dae")), ["e", os.getpid(), 0, None]
         )
         self.assertTrue(connection.closed)
         self.assertTrue(connection.server.closed)

@@ -20,6 +20,21 @@ __all__ = ["ChildLog"]
 RECENT_LINES = 200
 
 
+class _LogFile(LogFile):
+    """
+    A L{LogFile} where C{maxRotatedFiles=0} keeps no old file (Twisted's
+    keeps one), so that C{backups = 0} bounds the log to C{maxBytes}.
+    """
+
+    def rotate(self) -> None:
+        super().rotate()
+        if self.maxRotatedFiles == 0:
+            try:
+                os.remove(f"{self.path}.1")
+            except OSError:
+                pass
+
+
 class ChildLog:
     """
     Where one daemon's output goes.
@@ -44,12 +59,13 @@ class ChildLog:
             return
         directory, base = os.path.split(self.path)
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        self._file = LogFile(
+        self._file = _LogFile(
             base,
             directory,
             rotateLength=self.maxBytes,
             defaultMode=0o600,
-            maxRotatedFiles=self.backups or None,
+            # Not "or None": None would keep every rotated file forever.
+            maxRotatedFiles=self.backups,
         )
 
     def close(self) -> None:

@@ -515,7 +515,7 @@ class _Parser:
 
     def defaultListen(self, stateDir: str) -> str:
         socket = quoteStringArgument(os.path.join(stateDir, "dae.sock"))
-        listen = f"unix:address={socket}:mode=600:lockfile=0"
+        listen = f"unix:address={socket}:mode=600:lockfile=1"
         problem = serverEndpointProblem(listen)
         if problem:
             self.report("dae.listen", f"default {problem}")

@@ -6,11 +6,14 @@ control commands over Common TCP (L{ControlDaemon}).
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
+import shutil
 import secrets
 import signal
 import sys
+import tempfile
 import time
 from typing import Any, Optional
 from weakref import WeakSet
@@ -20,9 +23,12 @@ from twisted.internet.defer import (
     CancelledError,
     Deferred,
     DeferredList,
+    FirstError,
     gatherResults,
     succeed,
 )
+from twisted.internet.endpoints import _parse as _parseEndpoint
+from twisted.internet.endpoints import quoteStringArgument
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -42,25 +48,19 @@ __all__ = ["Dae", "ControlDaemon", "clientEndpointFor"]
 def clientEndpointFor(listen: str, port: Optional[int]) -> str:
     """
     A client endpoint string reaching the manager that listens on C{listen}
-    (bound to C{port}).
+    (bound to C{port}): the same UNIX path, or the same loopback interface.
     """
-    kind, _, rest = listen.partition(":")
+    args, kwargs = _parseEndpoint(listen)
+    kind = args[0] if args else ""
     if kind == "unix":
-        address = rest.split(":")[0]
-        if address.startswith("address="):
-            address = address[len("address=") :]
-        return f"unix:path={address}"
-    host = "127.0.0.1"
-    for part in rest.split(":"):
-        if part.startswith("interface="):
-            host = part[len("interface=") :] or host
-    if host in ("0.0.0.0", ""):
-        host = "127.0.0.1"
+        path = kwargs.get("address") or (args[1] if len(args) > 1 else "")
+        return f"unix:path={quoteStringArgument(path)}"
+    host = kwargs.get("interface", "")
+    if host in ("", "0.0.0.0"):
+        host = "::1" if kind == "tcp6" and host else "127.0.0.1"
     elif host == "::":
         host = "::1"
-    if ":" in host:
-        host = host.replace(":", "\\:")
-    return f"tcp:host={host}:port={port}"
+    return f"tcp:host={quoteStringArgument(host)}:port={port}"
 
 
 class ControlDaemon(Daemon):
@@ -219,10 +219,13 @@ class Dae(MultiService):
         self.token = ""
         self.control: Optional[ControlDaemon] = None
         self.started: Optional[float] = None
-        self._pendingStarts: dict[str, Deferred] = {}
+        self._pendingStarts: dict[str, list] = {}
+        self._startChains: dict[str, Deferred] = {}
         self._subscribers: WeakSet = WeakSet()
         self._stateFile: Optional[StateFile] = None
         self._notifySockets: dict[str, Any] = {}
+        self._shortNotifyDir: Optional[str] = None
+        self._listenFailure: Optional[Failure] = None
         self._stopping = False
 
     # Lifecycle
@@ -249,12 +252,40 @@ class Dae(MultiService):
             self.reactor,
             os.path.join(self.config.stateDir, "state.json"),
             self.registry,
-            extra=lambda: {"manager": {"pid": os.getpid(), "started": self.started, "config": self.config.path}},
+            extra=self._managerState,
         )
         self._stateFile.start()
         super().startService()
         self.reactor.callWhenRunning(self.installSignalHandlers)
         self.control.whenListening().addCallbacks(self._controlListening, self._controlFailed)
+        if self._listenFailure is not None:
+            # Endpoints usually fail at once: refuse to start, so twistd
+            # exits non-zero instead of running a manager that manages
+            # nothing (no daemon was started yet).
+            self._stateFile.stop()
+            raise SystemExit(
+                f"dae: cannot listen on {self.config.listen}: "
+                f"{self._listenFailure.getErrorMessage()}"
+            )
+
+    def _managerState(self) -> dict:
+        """
+        What the state file says of the manager itself: enough for a client
+        (the C{dae} command) to find it, nothing secret.
+        """
+        port = self.control.port if self.control is not None else None
+        return {
+            "manager": {
+                "pid": os.getpid(),
+                "started": self.started,
+                "config": self.config.path,
+                "listen": self.config.listen,
+                "port": port,
+                "endpoint": clientEndpointFor(self.config.listen, port)
+                if port is not None or self.config.listen.startswith("unix:")
+                else None,
+            }
+        }
 
     def _loadToken(self) -> str:
         path = os.path.join(self.config.stateDir, "token")
@@ -270,6 +301,8 @@ class Dae(MultiService):
         return token
 
     def _controlListening(self, port: Any) -> None:
+        if self._stateFile is not None:
+            self._stateFile.write()
         self.log.info(
             "dae manager listening on {listen}; {count} daemons",
             listen=self.config.listen,
@@ -277,10 +310,14 @@ class Dae(MultiService):
         )
         self.startAll()
 
-    def _controlFailed(self, failure: Any) -> None:
-        self.log.critical("dae manager cannot listen on {listen}; stopping", listen=self.config.listen)
-        if self.reactor.running:
-            self.reactor.stop()
+    def _controlFailed(self, failure: Failure) -> None:
+        self._listenFailure = failure
+        self.log.critical(
+            "dae manager cannot listen on {listen}: {error}; stopping",
+            listen=self.config.listen,
+            error=failure.getErrorMessage(),
+        )
+        self.reactor.callWhenRunning(self.reactor.stop)
 
     def installSignalHandlers(self) -> None:
         """
@@ -288,7 +325,8 @@ class Dae(MultiService):
         0 (twistd's own handlers would re-raise the signal at exit).
         """
         def reload(signum: int, frame: Any) -> None:
-            self.reactor.callFromThread(self.reload)
+            # reload() logs a rejected config itself; nothing else to do.
+            self.reactor.callFromThread(lambda: self.reload().addErrback(lambda f: None))
 
         def terminate(signum: int, frame: Any) -> None:
             self.reactor.callFromThread(self._terminate, signal.Signals(signum).name)
@@ -304,8 +342,6 @@ class Dae(MultiService):
 
     def stopService(self) -> Deferred:
         self._stopping = True
-        for d in list(self._pendingStarts.values()):
-            d.cancel()
         d = self.stopAll()
 
         def stopRest(_: Any) -> Deferred:
@@ -314,6 +350,8 @@ class Dae(MultiService):
         def finish(result: Any) -> Any:
             for name in list(self._notifySockets):
                 self._closeNotifySocket(name)
+            if self._shortNotifyDir is not None:
+                shutil.rmtree(self._shortNotifyDir, ignore_errors=True)
             if self._stateFile is not None:
                 self._stateFile.stop()
             for log in self.childLogs.values():
@@ -354,9 +392,22 @@ class Dae(MultiService):
         )
         if kind == "command":
             self._openNotifySocket(d.name, supervisor)
+        else:
+            self._closeNotifySocket(d.name)
 
     def _notifyPath(self, name: str) -> str:
-        return os.path.join(self.config.stateDir, "notify", f"{name}.sock")
+        """
+        Where C{name}'s notify socket lives: under the state dir, or, when
+        that path would pass the AF_UNIX limit (107 bytes), in a private
+        directory under the temp dir.
+        """
+        path = os.path.join(self.config.stateDir, "notify", f"{name}.sock")
+        if len(path.encode()) <= 100:
+            return path
+        if self._shortNotifyDir is None:
+            self._shortNotifyDir = tempfile.mkdtemp(prefix="dae-notify-")
+        digest = hashlib.sha1(name.encode()).hexdigest()[:12]
+        return os.path.join(self._shortNotifyDir, f"{digest}.sock")
 
     def _openNotifySocket(self, name: str, supervisor: Supervisor) -> None:
         """
@@ -447,32 +498,80 @@ class Dae(MultiService):
     def startWithRequirements(self, name: str) -> Deferred:
         """
         Start C{name} once all it requires is ready (starting those too).
+
+        @return: a Deferred of this caller's own: it fires with the entry
+            once C{name} is ready, or fails with L{StartFailed}; cancelling
+            it only stops this caller waiting.
         """
-        if name in self._pendingStarts:
-            return self._pendingStarts[name]
+        waiters = self._pendingStarts.get(name)
+
+        def forget(d: Deferred) -> None:
+            if d in waiters:
+                waiters.remove(d)
+
+        d: Deferred = Deferred(forget)
+        if waiters is None:
+            # Register this caller before the chain runs: it may finish at
+            # once (already ready, or a spawn error).
+            waiters = self._pendingStarts[name] = [d]
+            chain = self._startChain(name, waiters)
+            if self._pendingStarts.get(name) is waiters:
+                self._startChains[name] = chain
+        else:
+            waiters.append(d)
+        return d
+
+    def _startChain(self, name: str, waiters: list) -> Deferred:
+        """
+        The one start of C{name} that every caller of
+        L{startWithRequirements} waits on.  Cancelling it (a stop, shutdown)
+        means C{name} is not launched.
+        """
         requires = self.config.daemon(name).requires
-        waits = []
-        for r in requires:
-            waits.append(self.startWithRequirements(r))
         supervisor = self.supervisors[name]
+        waits = [self.startWithRequirements(r) for r in requires]
         if waits and supervisor.state in ("stopped", "exited", "failed"):
             self.registry.update(name, state="waiting", reason="waiting for " + ", ".join(requires))
 
-        def go(_: Any) -> Deferred:
+        def requirementsReady(_: Any) -> Deferred:
             return supervisor.start()
 
-        d = gatherResults(waits, consumeErrors=True) if waits else succeed(None)
-        d.addCallback(go)
+        def requirementFailed(f: Failure) -> Failure:
+            if f.check(FirstError):
+                f = f.value.subFailure
+            if self.registry.get(name).state == "waiting":
+                bad = [r for r in requires if self.registry.get(r).state in ("failed", "exited")]
+                if bad:
+                    why = f"requires {', '.join(bad)}, which did not start"
+                    self.registry.update(name, state="failed", reason=why)
+                    f = Failure(StartFailed(f"{name}: {why}"))
+                else:
+                    self.registry.update(name, state="stopped", reason=None)
+            return f
 
-        def done(result: Any) -> Any:
-            self._pendingStarts.pop(name, None)
+        def finish(result: Any) -> None:
+            if self._pendingStarts.get(name) is waiters:
+                del self._pendingStarts[name]
+                self._startChains.pop(name, None)
             if isinstance(result, Failure) and result.check(CancelledError):
-                return None
-            return result
+                result = Failure(StartFailed(f"{name}: stopped before it was ready"))
+                if self.registry.get(name).state == "waiting":
+                    self.registry.update(name, state="stopped", reason=None)
+            for w in list(waiters):
+                if isinstance(result, Failure):
+                    w.errback(result)
+                else:
+                    w.callback(result)
 
-        d.addBoth(done)
-        self._pendingStarts[name] = d
+        d = gatherResults(waits, consumeErrors=True) if waits else succeed(None)
+        d.addCallbacks(requirementsReady, requirementFailed)
+        d.addBoth(finish)
         return d
+
+    def _cancelStart(self, name: str) -> None:
+        chain = self._startChains.get(name)
+        if chain is not None:
+            chain.cancel()
 
     def stopWithDependents(self, name: str, _stopping: Optional[dict] = None) -> Deferred:
         """
@@ -481,10 +580,10 @@ class Dae(MultiService):
         stopping = {} if _stopping is None else _stopping
         if name in stopping:
             return stopping[name]
-        pending = self._pendingStarts.pop(name, None)
-        if pending is not None:
-            pending.cancel()
         first = [self.stopWithDependents(n, stopping) for n in self._dependents(name) if n in self.supervisors]
+        # Dependents' starts are cancelled first, so they do not see this
+        # one's cancelled start as a failure.
+        self._cancelStart(name)
         d = DeferredList(first).addCallback(lambda _: self.supervisors[name].stop())
         stopping[name] = d
         return d
@@ -545,6 +644,9 @@ class Dae(MultiService):
             "reload: added {added}, removed {removed}, changed {changed}",
             added=added, removed=removed, changed=changed,
         )
+        running = {
+            e.name for e in self.registry if e.state in ("starting", "ready", "backoff", "waiting")
+        }
         stopping: dict = {}
         stops = [self.stopWithDependents(n, stopping) for n in removed + changed]
 
@@ -567,8 +669,8 @@ class Dae(MultiService):
                 self._add(new.daemon(n))
             restart = set(added) | set(changed)
             # Daemons stopped because something they require changed come back too.
-            for name, d in stopping.items():
-                if name in fresh and self.registry.get(name).state == "stopped":
+            for name in stopping:
+                if name in fresh and name in running:
                     restart.add(name)
             del oldConfig
             starts = [self.startWithRequirements(n) for n in new.startOrder() if n in restart]

@@ -138,8 +138,9 @@ def writeAtomically(path: str, data: bytes, mode: int = 0o600) -> None:
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
-        os.fchmod(fd, mode)
+        # The file object owns the descriptor from here on: closed on error.
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

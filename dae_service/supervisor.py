@@ -143,6 +143,7 @@ class Supervisor:
         self._exitWaiters: list[Deferred] = []
         self._wanted = False
         self._failReason: Optional[str] = None
+        self._timedOut = False
 
     @property
     def state(self) -> str:
@@ -244,6 +245,7 @@ class Supervisor:
         try:
             spec = self.specFactory()
             self._failReason = None
+            self._timedOut = False
             self._startedAt = self.clock.seconds()
             self._set(state="starting", port=None, started=int(self._wallClock() * 1000), reason=None)
             self.process = self.launcher.launch(spec, self)
@@ -259,6 +261,7 @@ class Supervisor:
         reason = f"not ready after {self.policy.startTimeout:g} s"
         self._say(reason)
         self._failReason = reason
+        self._timedOut = True
         self._stopProbe()
         if self.process is not None:
             self.launcher.signal(self.process, self.policy.stopSignal)
@@ -281,7 +284,8 @@ class Supervisor:
             probe.stop()
 
     def _ready(self, port: Optional[int], pid: Optional[int] = None) -> None:
-        if self.state != "starting":
+        if self.state != "starting" or self._timedOut:
+            # Too late: a child that timed out is being killed.
             return
         self._cancelTimer()
         self._stopProbe()

@@ -145,7 +145,7 @@ class ValidConfigTests(SynchronousTestCase):
         self.assertEqual(config.path, PATH)
         self.assertEqual(config.stateDir, stateDir)
         self.assertEqual(
-            config.listen, f"unix:address={stateDir}/dae.sock:mode=600:lockfile=0"
+            config.listen, f"unix:address={stateDir}/dae.sock:mode=600:lockfile=1"
         )
         self.assertIsNone(serverEndpointProblem(config.listen))
         self.assertEqual((config.web, config.shutdownTimeout), (None, 30.0))
@@ -167,7 +167,7 @@ class ValidConfigTests(SynchronousTestCase):
         """
         config = parse('[dae]\nstate_dir = "/var/a:b"\n')
         self.assertEqual(
-            config.listen, r"unix:address=/var/a\:b/dae.sock:mode=600:lockfile=0"
+            config.listen, r"unix:address=/var/a\:b/dae.sock:mode=600:lockfile=1"
         )
         self.assertIsNone(serverEndpointProblem(config.listen))
 

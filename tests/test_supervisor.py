@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from dae_service.childlog import ChildLog
-from dae_service.interfaces import IChildListener
+from dae_service.interfaces import IChildListener, ILauncher
 from dae_service.launcher import FakeLauncher, LaunchSpec
 from dae_service.readiness import CommandProbe
 from dae_service.registry import STATES, Entry, Registry
@@ -30,6 +30,22 @@ def noJitter() -> float:
     A C{rand} that makes the jitter factor exactly 1.
     """
     return 0.5
+
+
+class RecordingLauncher(FakeLauncher):
+    """
+    A L{FakeLauncher} that also records each L{ILauncher.signal} call as
+    C{(pid, signal name)}: signals must go through the launcher (which
+    signals the child's whole process group), not the process transport.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.signalled: list[tuple[int, str]] = []
+
+    def signal(self, process: Any, signalName: Any) -> None:
+        self.signalled.append((process.pid, signalName))
+        super().signal(process, signalName)
 
 
 class Harness:
@@ -51,7 +67,7 @@ class Harness:
         kind: str = "daemon",
     ) -> None:
         self.clock = MemoryReactorClock()
-        self.launcher = FakeLauncher()
+        self.launcher = RecordingLauncher()
         self.registry = Registry()
         self.registry.add(Entry("alpha", kind=kind))
         self.entries: list[Entry] = []
@@ -222,6 +238,7 @@ class StartTests(SynchronousTestCase):
         A L{Supervisor} is an L{IChildListener}.
         """
         self.assertTrue(verifyObject(IChildListener, Harness().supervisor))
+        self.assertTrue(verifyObject(ILauncher, RecordingLauncher()))
 
     def test_spawn(self) -> None:
         """
@@ -594,7 +611,9 @@ class RestartTests(SynchronousTestCase):
         with capturedLogs() as events:
             h.crash(exitCode=4)
         (event,) = [e for e in events if e["log_level"] == LogLevel.warn]
-        self.assertEqual((event["name"], event["how"], event["delay"]), ("alpha", "exit code 4", 1.0))
+        self.assertEqual(
+            (event["name"], event["how"], event["delay"]), ("alpha", "exit code 4", 1.0)
+        )
 
 
 class PolicyModeTests(SynchronousTestCase):
@@ -664,7 +683,7 @@ class StopTests(SynchronousTestCase):
         h = Harness()
         h.startReady()
         d = h.supervisor.stop()
-        self.assertEqual(h.launcher.processes[0].signals, ["TERM"])
+        self.assertEqual(h.launcher.signalled, [(1000, "TERM")])
         self.assertEqual(h.entry.state, "stopping")
         self.assertNoResult(d)
         h.launcher.exit(0, signal=signal.SIGTERM)
@@ -686,7 +705,7 @@ class StopTests(SynchronousTestCase):
         h.clock.advance(2.999)
         self.assertEqual(h.launcher.processes[0].signals, ["TERM"])
         h.clock.advance(0.001)
-        self.assertEqual(h.launcher.processes[0].signals, ["TERM", "KILL"])
+        self.assertEqual(h.launcher.signalled, [(1000, "TERM"), (1000, "KILL")])
         self.assertNoResult(d)
         h.launcher.exit(0, signal=signal.SIGKILL)
         self.successResultOf(d)
@@ -805,7 +824,9 @@ class StopTests(SynchronousTestCase):
         self.assertNoResult(d)
         h.launcher.ready(1, 4001)
         self.assertEqual(self.successResultOf(d).port, 4001)
-        self.assertEqual(h.states, ["starting", "ready", "stopping", "stopped", "starting", "ready"])
+        self.assertEqual(
+            h.states, ["starting", "ready", "stopping", "stopped", "starting", "ready"]
+        )
 
     def test_restartFailed(self) -> None:
         """
@@ -843,6 +864,27 @@ class StopTests(SynchronousTestCase):
         h.clock.advance(1)
         self.assertEqual(h.launches, 2)
         self.assertIsNone(h.entry.reason)
+
+    def test_readyAfterStartTimeout(self) -> None:
+        """
+        A ready report arriving after the start timeout fired is too late:
+        the child is still killed (the SIGKILL escalation is kept) and its
+        exit counts as a quick failure.
+        """
+        h = Harness(RestartPolicy(startTimeout=5.0, stopTimeout=2.0))
+        d = h.supervisor.start()
+        h.clock.advance(5)
+        h.launcher.ready(0, 4000)
+        self.assertEqual(h.entry.state, "starting")
+        self.assertNoResult(d)
+        h.clock.advance(2)
+        self.assertEqual(h.launcher.processes[0].signals, ["TERM", "KILL"])
+        with capturedLogs():
+            h.launcher.exit(0, signal=signal.SIGKILL)
+        self.assertEqual(h.supervisor.quickFailures, 1)
+        h.clock.advance(1)
+        h.launcher.ready(1, 4001)
+        self.assertEqual(self.successResultOf(d).port, 4001)
 
     def test_startTimeoutGivesUp(self) -> None:
         """

@@ -144,6 +144,7 @@ class Supervisor:
         self._wanted = False
         self._failReason: Optional[str] = None
         self._timedOut = False
+        self._wasReady = False
 
     @property
     def state(self) -> str:
@@ -246,6 +247,7 @@ class Supervisor:
             spec = self.specFactory()
             self._failReason = None
             self._timedOut = False
+            self._wasReady = False
             self._startedAt = self.clock.seconds()
             self._set(state="starting", port=None, started=int(self._wallClock() * 1000), reason=None)
             self.process = self.launcher.launch(spec, self)
@@ -289,6 +291,7 @@ class Supervisor:
             return
         self._cancelTimer()
         self._stopProbe()
+        self._wasReady = True
         changes = {"state": "ready", "port": port, "reason": None}
         if pid is not None:
             changes["pid"] = pid
@@ -359,7 +362,9 @@ class Supervisor:
                 self._spawn()
             return
         reason = how if self._failReason is None else f"{how}: {self._failReason}"
-        if exitCode == EX_CONFIG:
+        if exitCode == EX_CONFIG or self._timedOut:
+            # Cannot import its class, or never became ready: restarting
+            # will not help.  An explicit start clears it.
             self._failed(reason)
             return
         if not self._wanted or not self.policy.restarts(exitCode):
@@ -368,7 +373,7 @@ class Supervisor:
             self._failWaiters(reason)
             return
         ran = self.clock.seconds() - (self._startedAt or 0)
-        if ran >= self.policy.stableAfter and self._failReason is None:
+        if ran >= self.policy.stableAfter and self._wasReady and self._failReason is None:
             self.quickFailures = 0
         else:
             self.quickFailures += 1

@@ -122,10 +122,13 @@ class Harness:
         self.launcher.ready(-1, port)
         return d
 
-    def crash(self, after: float = 0.0, exitCode: int = 1) -> None:
+    def crash(self, after: float = 0.0, exitCode: int = 1, ready: bool = False) -> None:
         """
-        The latest child runs C{after} seconds more, then exits.
+        The latest child runs C{after} seconds more (having reported ready
+        first if C{ready}), then exits.
         """
+        if ready:
+            self.launcher.ready(-1, 4000 + len(self.launcher.processes))
         if after:
             self.clock.advance(after)
         self.launcher.exit(-1, exitCode=exitCode)
@@ -488,7 +491,7 @@ class RestartTests(SynchronousTestCase):
             h.crash()
             h.clock.advance(2)
             self.assertEqual(h.supervisor.quickFailures, 2)
-            h.crash(after=2.0)
+            h.crash(after=2.0, ready=True)
             self.assertEqual(h.supervisor.quickFailures, 0)
             self.assertEqual(h.launches, 4)
             h.crash(after=1.999)
@@ -651,6 +654,7 @@ class PolicyModeTests(SynchronousTestCase):
         h.startReady()
         with capturedLogs():
             h.crash(after=5, exitCode=1)
+            h.launcher.ready(-1, 4001)
             h.clock.advance(5)
             h.launcher.exit(-1, signal=signal.SIGSEGV)
         self.assertEqual(h.launches, 3)
@@ -844,8 +848,8 @@ class StopTests(SynchronousTestCase):
     def test_startTimeout(self) -> None:
         """
         A child not ready after C{startTimeout} is stopped (TERM, then KILL),
-        and its exit counts as a quick failure with the timeout in the
-        reason, even after a long run.
+        and once it exits the daemon is C{failed} with the timeout in the
+        reason; the start Deferred fails; an explicit start clears it.
         """
         h = Harness(RestartPolicy(startTimeout=5.0, stopTimeout=2.0, backoffInitial=1.0))
         d = h.supervisor.start()
@@ -857,19 +861,21 @@ class StopTests(SynchronousTestCase):
         self.assertEqual(h.launcher.processes[0].signals, ["TERM", "KILL"])
         with capturedLogs():
             h.launcher.exit(0, signal=signal.SIGKILL)
-        self.assertEqual(h.entry.state, "backoff")
+        self.assertEqual(h.entry.state, "failed")
         self.assertEqual(h.entry.reason, "killed by SIGKILL: not ready after 5 s")
-        self.assertEqual(h.supervisor.quickFailures, 1)
-        self.assertNoResult(d)
-        h.clock.advance(1)
+        self.failureResultOf(d, StartFailed)
+        h.clock.advance(60)
+        self.assertEqual(h.launches, 1)
+        h.start()
         self.assertEqual(h.launches, 2)
+        self.assertEqual(h.entry.state, "starting")
         self.assertIsNone(h.entry.reason)
 
     def test_readyAfterStartTimeout(self) -> None:
         """
         A ready report arriving after the start timeout fired is too late:
-        the child is still killed (the SIGKILL escalation is kept) and its
-        exit counts as a quick failure.
+        the child is still killed (the SIGKILL escalation is kept) and the
+        daemon is C{failed}; a new start then works normally.
         """
         h = Harness(RestartPolicy(startTimeout=5.0, stopTimeout=2.0))
         d = h.supervisor.start()
@@ -881,22 +887,24 @@ class StopTests(SynchronousTestCase):
         self.assertEqual(h.launcher.processes[0].signals, ["TERM", "KILL"])
         with capturedLogs():
             h.launcher.exit(0, signal=signal.SIGKILL)
-        self.assertEqual(h.supervisor.quickFailures, 1)
-        h.clock.advance(1)
+        self.assertEqual(h.entry.state, "failed")
+        self.failureResultOf(d, StartFailed)
+        d = h.supervisor.start()
         h.launcher.ready(1, 4001)
         self.assertEqual(self.successResultOf(d).port, 4001)
 
     def test_startTimeoutGivesUp(self) -> None:
         """
-        Start timeouts count towards giving up; the start Deferred then fails.
+        A start timeout gives up at once, even with give-up allowances left;
+        the start Deferred then fails.
         """
-        h = Harness(RestartPolicy(startTimeout=5.0, backoffInitial=1.0, giveUpAfter=2))
+        h = Harness(RestartPolicy(startTimeout=5.0, backoffInitial=1.0, giveUpAfter=5))
         d = h.supervisor.start()
         with capturedLogs():
-            for _ in range(2):
-                h.clock.advance(5)
-                h.launcher.exit(-1, signal=signal.SIGTERM)
-                h.clock.advance(1)
+            h.clock.advance(5)
+            h.launcher.exit(-1, signal=signal.SIGTERM)
+            h.clock.advance(60)
+        self.assertEqual(h.launches, 1)
         self.assertEqual(h.entry.state, "failed")
         self.assertIn("not ready after 5 s", h.entry.reason)
         self.failureResultOf(d, StartFailed)
@@ -1091,3 +1099,24 @@ class StatesTests(SynchronousTestCase):
         self.assertLessEqual(seen, set(STATES))
         self.assertIn("failed", seen)
         self.assertIn("exited", seen)
+
+
+class StableRunNeedsReadinessTests(SynchronousTestCase):
+    """
+    A run is healthy only if it became ready and lasted C{stableAfter}.
+    """
+
+    def test_longRunWithoutReadyIsQuickFailure(self) -> None:
+        """
+        A child that crashes after a long time without ever becoming ready
+        counts as a quick failure, so a daemon that never comes up
+        eventually gives up instead of restarting at once forever.
+        """
+        h = Harness(RestartPolicy(backoffInitial=1.0, giveUpAfter=2, startTimeout=60.0))
+        h.start()
+        with capturedLogs():
+            h.crash(after=3)
+            self.assertEqual(h.supervisor.quickFailures, 1)
+            h.clock.advance(1)
+            h.crash(after=3)
+        self.assertEqual(h.entry.state, "failed")

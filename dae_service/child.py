@@ -271,6 +271,12 @@ class _ChildRun:
         return self._done
 
     def _ready(self, port: Any) -> None:
+        # Under task.react the daemon listens before reactor.run() installs
+        # the SIGTERM handler: report ready only once the reactor runs, so a
+        # stop right after "ready" is always a graceful one.
+        self._reactor.callWhenRunning(self._reportReady)
+
+    def _reportReady(self) -> None:
         if self._stopping is not None:
             return
         self._reporter.report(

@@ -29,6 +29,7 @@ from twisted.internet.defer import (
 )
 from twisted.internet.endpoints import _parse as _parseEndpoint
 from twisted.internet.endpoints import quoteStringArgument
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -253,6 +254,7 @@ class Dae(MultiService):
             os.path.join(self.config.stateDir, "state.json"),
             self.registry,
             extra=self._managerState,
+            writer=self._writeInThread,
         )
         self._stateFile.start()
         super().startService()
@@ -267,6 +269,16 @@ class Dae(MultiService):
                 f"dae: cannot listen on {self.config.listen}: "
                 f"{self._listenFailure.getErrorMessage()}"
             )
+
+    def _writeInThread(self, path: str, data: bytes) -> Any:
+        """
+        Write the state file in the reactor's thread pool when there is one
+        (its fsync must not block the reactor), else at once.
+        """
+        getThreadPool = getattr(self.reactor, "getThreadPool", None)
+        if getThreadPool is None:
+            return writeAtomically(path, data)
+        return deferToThreadPool(self.reactor, getThreadPool(), writeAtomically, path, data)
 
     def _managerState(self) -> dict:
         """
@@ -352,11 +364,11 @@ class Dae(MultiService):
                 self._closeNotifySocket(name)
             if self._shortNotifyDir is not None:
                 shutil.rmtree(self._shortNotifyDir, ignore_errors=True)
-            if self._stateFile is not None:
-                self._stateFile.stop()
             for log in self.childLogs.values():
                 log.close()
-            return result
+            if self._stateFile is None:
+                return result
+            return self._stateFile.stop().addCallback(lambda _: result)
 
         return d.addCallback(stopRest).addBoth(finish)
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Optional
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 __all__ = ["Entry", "Registry", "StateFile", "writeAtomically", "STATES"]
@@ -54,11 +55,17 @@ class Entry:
         """
         The entry as sent on the wire (C{list}, C{lookup}) and stored.
         """
-        d = asdict(self)
-        d["requires"] = list(self.requires)
-        if self.state != "ready":
-            d["port"] = None
-        return d
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "state": self.state,
+            "pid": self.pid,
+            "port": self.port if self.state == "ready" else None,
+            "restarts": self.restarts,
+            "started": self.started,
+            "reason": self.reason,
+            "requires": list(self.requires),
+        }
 
 
 Observer = Callable[[Entry], Any]
@@ -156,32 +163,57 @@ def writeAtomically(path: str, data: bytes, mode: int = 0o600) -> None:
 class StateFile:
     """
     Persists the registry to a JSON file, atomically, coalescing the changes
-    of one burst into one write.
+    of one burst into one write, with at most one write in flight.
+
+    @param writer: C{writer(path, data)} writes the file atomically and may
+        return a Deferred; the manager passes one that runs
+        L{writeAtomically} in a thread, so its C{fsync} never blocks the
+        reactor.  The default writes synchronously.
     """
 
     log = Logger()
 
-    def __init__(self, clock: Any, path: str, registry: Registry, extra: Callable[[], dict] = dict, delay: float = 0.05) -> None:
+    def __init__(
+        self,
+        clock: Any,
+        path: str,
+        registry: Registry,
+        extra: Callable[[], dict] = dict,
+        delay: float = 0.05,
+        writer: Optional[Callable[[str, bytes], Any]] = None,
+    ) -> None:
         self.path = path
         self._clock = clock
         self._registry = registry
         self._extra = extra
         self._delay = delay
+        self._writer = writer
         self._pending = None
+        self._inFlight: Optional[Deferred] = None
+        self._dirty = False
         self._unsubscribe: Optional[Callable[[], None]] = None
 
     def start(self) -> None:
         self._unsubscribe = self._registry.subscribe(self._changed)
         self.write()
 
-    def stop(self) -> None:
+    def stop(self) -> Deferred:
+        """
+        Stop following the registry and write the final state.
+
+        @return: a Deferred that fires once it is written.
+        """
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
         if self._pending is not None and self._pending.active():
             self._pending.cancel()
         self._pending = None
-        self.write()
+        waiting = self._inFlight if self._inFlight is not None else succeed(None)
+        final: Deferred = Deferred()
+        # The last write must land after any write still in flight.
+        waiting.addBoth(lambda _: self._writeNow(synchronous=True)).addBoth(final.callback)
+        return final
 
     def _changed(self, entry: Entry) -> None:
         if self._pending is None or not self._pending.active():
@@ -189,12 +221,39 @@ class StateFile:
 
     def write(self) -> None:
         """
-        Write the current state now.
+        Write the current state now, or right after the write in flight.
         """
         self._pending = None
+        if self._inFlight is not None:
+            self._dirty = True
+            return
+        self._writeNow()
+
+    def _snapshot(self) -> bytes:
         state = dict(self._extra())
         state["daemons"] = self._registry.toList()
+        return json.dumps(state, indent=1).encode("utf-8") + b"\n"
+
+    def _writeNow(self, synchronous: bool = False) -> None:
+        data = self._snapshot()
         try:
-            writeAtomically(self.path, json.dumps(state, indent=1).encode("utf-8") + b"\n")
+            if synchronous:
+                writeAtomically(self.path, data)
+                return
+            writer = writeAtomically if self._writer is None else self._writer
+            result = writer(self.path, data)
         except OSError:
             self.log.failure("cannot write the state file {path}", path=self.path)
+            return
+        if isinstance(result, Deferred):
+            self._inFlight = result
+            result.addErrback(
+                lambda f: self.log.failure("cannot write the state file {path}", f, path=self.path)
+            )
+            result.addBoth(self._written)
+
+    def _written(self, _: Any) -> None:
+        self._inFlight = None
+        if self._dirty:
+            self._dirty = False
+            self._writeNow()

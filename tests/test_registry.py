@@ -342,3 +342,49 @@ class StateFileTests(SynchronousTestCase):
         with capturedLogs():
             state.start()
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+
+class StateFileWriterTests(SynchronousTestCase):
+    """
+    L{StateFile} with an asynchronous writer (the manager's threaded one).
+    """
+
+    def test_oneWriteInFlight(self) -> None:
+        """
+        While a write is in flight, changes wait for it and are written once
+        after it; C{stop} waits for the write in flight, then writes the
+        final state last.
+        """
+        from twisted.internet.defer import Deferred
+
+        clock = Clock()
+        registry = Registry()
+        registry.add(Entry("a"))
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = os.path.join(directory, "state.json")
+        started: list = []
+
+        def writer(p: str, data: bytes) -> Deferred:
+            d: Deferred = Deferred()
+            started.append((data, d))
+            return d
+
+        state = StateFile(clock, path, registry, delay=0.05, writer=writer)
+        state.start()
+        self.assertEqual(len(started), 1)
+        registry.update("a", state="ready", port=4000)
+        clock.advance(0.05)
+        registry.update("a", state="stopping")
+        clock.advance(0.05)
+        self.assertEqual(len(started), 1)
+        started[0][1].callback(None)
+        self.assertEqual(len(started), 2)
+        self.assertIn(b'"stopping"', started[1][0])
+        registry.update("a", state="stopped")
+        stopped = state.stop()
+        self.assertNoResult(stopped)
+        started[1][1].callback(None)
+        self.successResultOf(stopped)
+        with open(path) as f:
+            self.assertEqual(json.load(f)["daemons"][0]["state"], "stopped")

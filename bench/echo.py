@@ -42,6 +42,8 @@ DEFAULT_DEPTH = 100
 DEFAULT_CONNS = 50
 DEFAULT_CONN_PROCS = 1
 DEFAULT_ROUNDS = 1
+DEFAULT_RETRIES = 2
+DEFAULT_QUIET_WAIT = 10.0
 DEFAULT_VALUE = "hello"
 
 # Targets, ours/baseline.
@@ -689,6 +691,10 @@ def reproduceCommand(a) -> str:
         cmd += ["--warmup", f"{a.warmup:g}"]
     if a.rounds != DEFAULT_ROUNDS:
         cmd += ["--rounds", str(a.rounds)]
+    if a.retries != DEFAULT_RETRIES:
+        cmd += ["--retries", str(a.retries)]
+    if a.quiet_wait != DEFAULT_QUIET_WAIT:
+        cmd += ["--quiet-wait", f"{a.quiet_wait:g}"]
     if a.depth != DEFAULT_DEPTH:
         cmd += ["--depth", str(a.depth)]
     if a.conns != DEFAULT_CONNS:
@@ -745,8 +751,9 @@ def report(a, results: dict, skips: dict, mach: dict) -> dict:
                 print(f"{title(sc):<28} {sv:<9} {'FAILED':>9}  {r['error'].splitlines()[0]}")
             else:
                 print(f"{title(sc):<28} {sv:<9} {r['req_per_s']:>9,.0f} {r['p50_us']:>8.1f} "
-                      f"{r['p99_us']:>8.1f} {r['server_cpu_pct']:>5.0f}% {r['client_cpu_pct']:>5.0f}%"
-                      f" {r['other_cpu_pct']:>5.0f}%  {placementText(r['placement'])}")
+                      f"{r['p99_us']:>8.1f} {r['server_cpu_pct']:>5.0f}% "
+                      f"{r['client_cpu_pct']:>5.0f}% {r['other_cpu_pct']:>5.0f}%  "
+                      f"{placementText(r['placement'])}")
                 if r["other_cpu_pct"] > OTHER_CPU_WARN:
                     disturbed.append(f"{sc}/{sv}")
     print()
@@ -760,8 +767,8 @@ def report(a, results: dict, skips: dict, mach: dict) -> dict:
           "the machine.")
     if disturbed:
         print(f"WARNING: other processes used over {OTHER_CPU_WARN}% of a CPU during "
-              f"{', '.join(disturbed)}: those figures are disturbed; rerun on a quiet "
-              f"machine (or with --rounds 3).")
+              f"{', '.join(disturbed)}, even after {a.retries} retries: those figures are "
+              f"disturbed; rerun on a quiet machine.")
 
     targets = {}
     b = results.get("baseline", {})
@@ -794,10 +801,53 @@ def report(a, results: dict, skips: dict, mach: dict) -> dict:
     print()
     print(f"reproduce: {cmd}")
     return {"machine": mach, "duration_s": a.duration, "warmup_s": a.warmup,
-            "rounds": a.rounds, "depth": a.depth, "conns": a.conns,
+            "rounds": a.rounds, "retries": a.retries, "depth": a.depth, "conns": a.conns,
             "conn_procs": a.conn_procs, "placement": a.placement,
             "baseline_nodelay": not a.baseline_nagle, "results": results,
             "skipped": skips, "targets": targets, "reproduce": cmd}
+
+
+def waitQuiet(limit: float) -> None:
+    """
+    Wait, up to limit seconds, for half a second during which the machine
+    (where our servers sit idle) uses under OTHER_CPU_WARN % of a CPU.
+    """
+    give_up = time.monotonic() + limit
+    while True:
+        b0, t0 = _system_busy_ns(), time.perf_counter_ns()
+        time.sleep(0.5)
+        busy = 100.0 * (_system_busy_ns() - b0) / (time.perf_counter_ns() - t0)
+        if busy <= OTHER_CPU_WARN or time.monotonic() >= give_up:
+            return
+
+
+def measure(srv: Server, sc: str, i: int, a) -> dict:
+    """
+    One measurement; repeated (up to --retries times) while other processes
+    on the machine took more than OTHER_CPU_WARN % of a CPU meanwhile,
+    keeping the least disturbed.
+    """
+    best = None
+    for attempt in range(a.retries + 1):
+        waitQuiet(a.quiet_wait)
+        r = runScenario(srv, sc, a)
+        if "error" in r:
+            msg = f"FAILED: {r['error']}"
+        else:
+            msg = (f"{r['req_per_s']:,.0f} req/s, p50 {r['p50_us']:.1f} us, "
+                   f"other processes {r['other_cpu_pct']:.0f}% CPU")
+        print(f"[{srv.kind}] {sc} round {i + 1}"
+              + (f" retry {attempt}" if attempt else "") + f": {msg}",
+              file=sys.stderr, flush=True)
+        if "error" in r:
+            return r
+        r["attempts"] = attempt + 1
+        if best is None or r["other_cpu_pct"] < best["other_cpu_pct"]:
+            best = r
+        if best["other_cpu_pct"] <= OTHER_CPU_WARN or not srv.alive():
+            break
+        time.sleep(1.0)
+    return best
 
 
 def parentMain(a) -> int:
@@ -837,11 +887,8 @@ def parentMain(a) -> int:
                         r = {"error": f"server exited with {srv.proc.returncode}"
                              + srv.stderrTail(), "placement": placementOf(a, sc)}
                     else:
-                        r = runScenario(srv, sc, a)
+                        r = measure(srv, sc, i, a)
                     rounds[kind].append(r)
-                    msg = (f"FAILED: {r['error']}" if "error" in r
-                           else f"{r['req_per_s']:,.0f} req/s, p50 {r['p50_us']:.1f} us")
-                    print(f"[{kind}] {sc} round {i + 1}: {msg}", file=sys.stderr, flush=True)
             for kind in servers:
                 results[kind][sc] = combineRounds(rounds[kind])
     finally:
@@ -871,6 +918,13 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
                    help="measure each scenario this many times per server, alternating "
                         "the servers, and report medians (default %(default)s)")
+    p.add_argument("--retries", type=int, default=DEFAULT_RETRIES,
+                   help="repeat a measurement up to this many times while other "
+                        f"processes use over {OTHER_CPU_WARN}%% of a CPU during it, "
+                        "keeping the least disturbed (default %(default)s)")
+    p.add_argument("--quiet-wait", type=float, default=DEFAULT_QUIET_WAIT,
+                   help="before each measurement, wait up to this many seconds for "
+                        "the machine to be idle (default %(default)s)")
     p.add_argument("--depth", type=int, default=DEFAULT_DEPTH,
                    help="pipeline depth (default %(default)s)")
     p.add_argument("--conns", type=int, default=DEFAULT_CONNS,
@@ -914,9 +968,10 @@ def main(argv=None) -> int:
     for s in a.scenarios:
         if s not in SCENARIOS:
             p.error(f"unknown scenario {s!r}")
-    if not a.duration > 0 or a.warmup < 0 or a.rounds < 1 or a.depth < 1 or a.conns < 1 \
-            or a.conn_procs < 1:
-        p.error("need duration > 0, warmup >= 0, rounds, depth, conns, conn-procs >= 1")
+    if (not a.duration > 0 or a.warmup < 0 or a.retries < 0 or a.quiet_wait < 0
+            or min(a.rounds, a.depth, a.conns, a.conn_procs) < 1):
+        p.error("need duration > 0, warmup >= 0, retries >= 0, and rounds, depth, conns, "
+                "conn-procs >= 1")
     return parentMain(a)
 
 

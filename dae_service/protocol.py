@@ -85,6 +85,13 @@ class CommonTCPServerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.peer = self.transport.getPeer()
+        # Replies are small and awaited: never hold them back for Nagle.
+        setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if setNoDelay is not None:
+            try:
+                setNoDelay(True)
+            except OSError:
+                pass
         self._producer = _WriteBackpressure(self)
         self.transport.registerProducer(self._producer, True)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import select
 import signal
 import socket
@@ -24,6 +23,8 @@ import sys
 import tempfile
 import threading
 import time
+
+from benchutil import machine
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -645,42 +646,6 @@ def combineRounds(rounds: list[dict]) -> dict:
     out["samples"] = sum(r["samples"] for r in rounds)
     out["rounds"] = rounds
     return out
-
-
-def machine() -> dict:
-    try:
-        from importlib.metadata import version
-
-        tw = version("twisted")
-    except Exception:
-        tw = "?"
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    virt = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            if " hypervisor" in f.read():
-                virt = "virtual machine"
-    except OSError:
-        pass
-    return {
-        "nproc": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)),
-        "cpu": cpu,
-        "virtualized": bool(virt),
-        "python": sys.version.split()[0],
-        "python_impl": platform.python_implementation(),
-        "executable": sys.executable,
-        "twisted": tw,
-        "platform": platform.platform(),
-    }
 
 
 def reproduceCommand(a) -> str:

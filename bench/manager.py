@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import resource
 import select
@@ -55,6 +54,8 @@ import sys
 import tempfile
 import time
 from typing import Any, Optional
+
+import benchutil
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -773,35 +774,6 @@ def restarts(a, rng: random.Random, sampler: StartSampler) -> dict:
 # --------------------------------------------------------------------------
 
 
-def machine() -> dict:
-    try:
-        from importlib.metadata import version
-
-        tw = version("twisted")
-    except Exception:
-        tw = "?"
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "nproc": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)),
-        "cpu": cpu,
-        "python": sys.version.split()[0],
-        "executable": sys.executable,
-        "twisted": tw,
-        "platform": platform.platform(),
-        "loadavg": os.getloadavg(),
-        "bytecode": bytecodeFacts(),
-    }
-
-
 def bytecodeFacts() -> str:
     """
     Whether the daemons import dae_service from cached bytecode: without it
@@ -1046,6 +1018,12 @@ def benchMain(a) -> int:
             f.write("\n")
         print(f"figures written to {a.json}")
     return 1 if failed else 0
+
+
+def machine() -> dict:
+    facts = benchutil.machine()
+    facts["bytecode"] = bytecodeFacts()
+    return facts
 
 
 def main(argv=None) -> int:

@@ -3,14 +3,29 @@ What runs inside a python daemon child: C{python -m dae_service.child}.
 
 The manager (through L{dae_service.launcher.SpawnLauncher}) describes the
 daemon in the environment variable C{DAE_CHILD} (JSON: C{name},
-C{reference}, C{listen}, C{settings}, C{maxLength}) and gives the child two
-private pipes, named by C{DAE_CONTROL_FD} and C{DAE_REPORT_FD}:
+C{reference}, C{listen}, C{settings}, C{maxLength}, and optionally C{kind}
+(C{"daemon"}, the default, or C{"factory"}: C{reference} names a Twisted
+server factory, see L{dae_service.loader}), C{drainTimeout} and C{tls}
+(C{{"cert": path, "key": path}})) and gives the child two private pipes,
+named by C{DAE_CONTROL_FD} and C{DAE_REPORT_FD}:
 
-  - the child writes one JSON line to the report pipe:
+  - the child writes JSON lines to the report pipe:
     C{{"event": "ready", "pid", "port", "created"}} once it listens, or
-    C{{"event": "failed", "error": "<one line>"}} if it cannot start;
+    C{{"event": "failed", "error": "<one line>"}} if it cannot start; a pool
+    worker also C{{"event": "load", "connections": N, "peak": P}} when its
+    number of open connections changed (at most every L{LOAD_INTERVAL}
+    seconds; C{peak} is the most it had since the last report), and
+    C{{"event": "draining"}} when told to drain;
+  - the manager writes JSON lines to the control pipe:
+    C{{"command": "drain", "deadline": T}} stops accepting, lets the open
+    connections finish until T (seconds since the epoch), then exits 0;
+    unknown commands are logged and ignored;
   - end-of-file on the control pipe means the manager is gone (or wants
     the child to go): the child stops gracefully and exits 0.
+
+A pool worker is a child with C{DAE_POOL_FD}: the number of a descriptor
+holding the pool's listening socket, which the child adopts (see
+L{dae_service.workerport}) instead of listening on C{listen}.
 
 Exit codes: 0 after a graceful stop (SIGTERM, SIGINT, control EOF); 78
 (C{EX_CONFIG}) when the description cannot be turned into a daemon (bad
@@ -40,6 +55,7 @@ if __name__ == "__main__":
 
 import json
 import sys
+import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from twisted.internet import fdesc
@@ -66,6 +82,12 @@ EX_CONFIG = 78
 
 #: A report line stays below PIPE_BUF (4096), so each write is atomic.
 _MAX_ERROR_LENGTH = 1000
+
+#: The longest control line kept; a longer one is dropped.
+_MAX_CONTROL_LINE = 64 * 1024
+
+#: Seconds between two load reports of a pool worker, at most.
+LOAD_INTERVAL = 0.5
 
 _PR_SET_PDEATHSIG = 1
 
@@ -101,7 +123,9 @@ def childDescription(
     unset, from C{argv} (C{[program, reference, [endpoint]]}).
 
     @return: a dict with C{name}, C{reference}, C{listen}, C{settings} (a
-        dict) and C{maxLength} (an int or L{None}).
+        dict), C{maxLength} (an int or L{None}), C{kind} (C{"daemon"} or
+        C{"factory"}), C{drainTimeout} (a number or L{None}) and C{tls}
+        (C{{"cert", "key"}} or L{None}).
     @raise ChildConfigError: if it is missing or malformed.
     """
     from .daemon import DEFAULT_LISTEN
@@ -118,6 +142,9 @@ def childDescription(
             "listen": listen,
             "settings": {},
             "maxLength": None,
+            "kind": "daemon",
+            "drainTimeout": None,
+            "tls": None,
         }
     try:
         description = json.loads(text)
@@ -138,12 +165,29 @@ def childDescription(
         not isinstance(maxLength, int) or isinstance(maxLength, bool) or maxLength <= 0
     ):
         raise ChildConfigError("DAE_CHILD: 'maxLength' must be a positive integer")
+    kind = description.get("kind", "daemon")
+    if kind not in ("daemon", "factory"):
+        raise ChildConfigError("DAE_CHILD: 'kind' must be 'daemon' or 'factory'")
+    drainTimeout = description.get("drainTimeout")
+    if drainTimeout is not None and (
+        not isinstance(drainTimeout, (int, float)) or isinstance(drainTimeout, bool)
+        or not drainTimeout > 0
+    ):
+        raise ChildConfigError("DAE_CHILD: 'drainTimeout' must be a positive number")
+    tls = description.get("tls")
+    if tls is not None and not (
+        isinstance(tls, dict) and all(isinstance(tls.get(k), str) for k in ("cert", "key"))
+    ):
+        raise ChildConfigError("DAE_CHILD: 'tls' must be an object with 'cert' and 'key' paths")
     return {
         "name": description["name"],
         "reference": description["reference"],
         "listen": description["listen"],
         "settings": settings,
         "maxLength": maxLength,
+        "kind": kind,
+        "drainTimeout": drainTimeout,
+        "tls": None if tls is None else {"cert": tls["cert"], "key": tls["key"]},
     }
 
 
@@ -233,6 +277,46 @@ class _PipeWatcher:
             self._onEnd(reason)
 
 
+class _LoadReports:
+    """
+    Reports a pool worker's open connections: at most one report per
+    C{interval}, and only when something changed since the last one.
+    """
+
+    def __init__(self, reactor: Any, reporter: _Reporter, interval: float = LOAD_INTERVAL) -> None:
+        self._reactor = reactor
+        self._reporter = reporter
+        self._interval = interval
+        self._count = 0
+        self._peak = 0
+        self._last: Optional[tuple[int, int]] = None
+        self._call: Any = None
+        self._stopped = False
+
+    def changed(self, count: int) -> None:
+        self._count = count
+        self._peak = max(self._peak, count)
+        if self._call is None and not self._stopped:
+            self._call = self._reactor.callLater(self._interval, self._flush)
+
+    def _flush(self) -> None:
+        self._call = None
+        now = (self._count, self._peak)
+        if now != self._last:
+            self._last = now
+            self._reporter.report({"event": "load", "connections": now[0], "peak": now[1]})
+        self._peak = self._count
+
+    def stop(self) -> None:
+        """
+        Report no more (the worker is about to exit).
+        """
+        self._stopped = True
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+
 class _ChildRun:
     """
     One daemon's life inside the child: start, report, stop on control EOF
@@ -251,6 +335,8 @@ class _ChildRun:
         self._code: Optional[int] = None
         self._trigger: Any = None
         self._shuttingDown = False
+        self._controlBuffer = b""
+        self._load: Optional[_LoadReports] = None
 
     def run(self) -> Deferred:
         self._trigger = self._reactor.addSystemEventTrigger(
@@ -271,6 +357,10 @@ class _ChildRun:
         return self._done
 
     def _ready(self, port: Any) -> None:
+        if hasattr(port, "observers"):
+            # A pool worker's port: the manager wants its load.
+            self._load = _LoadReports(self._reactor, self._reporter)
+            port.observers.append(self._load.changed)
         # Under task.react the daemon listens before reactor.run() installs
         # the SIGTERM handler: report ready only once the reactor runs, so a
         # stop right after "ready" is always a graceful one.
@@ -299,8 +389,41 @@ class _ChildRun:
         self.stop()
 
     def _controlData(self, data: bytes) -> None:
-        # Reserved for commands from the manager; nothing is defined yet.
-        pass
+        buffer = self._controlBuffer + data
+        *lines, rest = buffer.split(b"\n")
+        if len(rest) > _MAX_CONTROL_LINE:
+            log.warn("{name}: dropping an overlong control line", name=self._daemon.name)
+            rest = b""
+        self._controlBuffer = rest
+        for line in lines:
+            if line.strip():
+                self._command(line)
+
+    def _command(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            message = None
+        command = message.get("command") if isinstance(message, dict) else None
+        if command == "drain":
+            deadline = message.get("deadline")
+            if isinstance(deadline, (int, float)) and not isinstance(deadline, bool):
+                self.drain(float(deadline))
+                return
+        log.warn("{name}: ignoring control line {line!r}", name=self._daemon.name, line=line[:200])
+
+    def drain(self, deadline: float) -> Deferred:
+        """
+        Stop accepting and let the open connections finish until
+        C{deadline} (seconds since the epoch); then the child exits 0.
+        """
+        if self._stopping is None:
+            remaining = max(0.0, deadline - time.time())
+            log.info("{name}: draining, for at most {remaining:.1f} s",
+                     name=self._daemon.name, remaining=remaining)
+            self._daemon.drainTimeout = remaining
+            self._reporter.report({"event": "draining"})
+        return self.stop()
 
     def _controlEnded(self, reason: Failure) -> None:
         log.info("{name}: the manager closed the control channel; stopping",
@@ -334,6 +457,9 @@ class _ChildRun:
         return d
 
     def _stopped(self, ignored: object) -> None:
+        if self._load is not None:
+            # Reported while draining; not after.
+            self._load.stop()
         waiters, self._stopWaiters = self._stopWaiters, None  # type: ignore[assignment]
         if not self._shuttingDown:
             self._reactor.removeSystemEventTrigger(self._trigger)
@@ -353,28 +479,72 @@ def main(reactor: Any, environ: Mapping[str, str], argv: Sequence[str] = ()) -> 
         once if the description is bad, L{EX_FAILURE} if the daemon could
         not start.
     """
-    from twisted.internet.endpoints import serverFromString
-
-    from .loader import LoadError, resolveDaemon
+    from .loader import LoadError
 
     reporter = _Reporter(None)
     try:
         reporter.fd = _fdFrom(environ, "DAE_REPORT_FD")
         controlFD = _fdFrom(environ, "DAE_CONTROL_FD")
+        poolFD = _fdFrom(environ, "DAE_POOL_FD")
         description = childDescription(environ, argv)
-        daemonClass = resolveDaemon(description["reference"])
-        # Parse (not listen on) the endpoint now, to tell a config error
-        # from a listening failure.
-        serverFromString(reactor, description["listen"])
-        options = {"settings": description["settings"]}
-        if description["maxLength"] is not None:
-            options["maxLength"] = description["maxLength"]
-        daemon = daemonClass(description["name"], description["listen"], reactor, **options)
+        daemon = _build(reactor, description, poolFD)
     except (ChildConfigError, LoadError) as e:
         return _refuse(reporter, str(e))
     except Exception as e:
         return _refuse(reporter, f"{type(e).__name__}: {e}")
     return _ChildRun(reactor, daemon, reporter, controlFD).run()
+
+
+def _build(reactor: Any, description: Mapping[str, Any], poolFD: Optional[int]) -> Any:
+    """
+    The daemon (a L{dae_service.Daemon}, or a L{FactoryServer} around a
+    plain factory) that C{description} asks for, listening on the pool's
+    socket when C{poolFD} is given, wrapped in TLS when asked.
+
+    @raise ChildConfigError: or L{LoadError}, or whatever the daemon's
+        constructor raises: all mean it cannot run.
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    from .loader import isDaemonClass, makeFactory, resolveServer
+
+    target = resolveServer(description["reference"], factory=description["kind"] == "factory")
+    # Parse (not listen on) the endpoint now, to tell a config error from a
+    # listening failure.
+    endpoint: Any = serverFromString(reactor, description["listen"])
+    name, listen, settings = description["name"], description["listen"], description["settings"]
+    if isDaemonClass(target):
+        options: dict[str, Any] = {"settings": settings}
+        if description["maxLength"] is not None:
+            options["maxLength"] = description["maxLength"]
+        if description["drainTimeout"] is not None:
+            options["drainTimeout"] = description["drainTimeout"]
+        daemon = target(name, listen, reactor, **options)
+    else:
+        from .server import FactoryServer
+
+        drain = description["drainTimeout"]
+        daemon = FactoryServer(
+            name, listen, reactor, makeFactory(target, settings), settings=settings,
+            **({} if drain is None else {"drainTimeout": drain}),
+        )
+    custom = False
+    if poolFD is not None:
+        from .workerport import WorkerEndpoint
+
+        endpoint, custom = WorkerEndpoint(reactor, poolFD), True
+    if description["tls"] is not None:
+        from .tls import TLSServerEndpoint, serverContextFactory
+
+        tls = description["tls"]
+        try:
+            context = serverContextFactory(tls["cert"], tls["key"])
+        except (OSError, ValueError) as e:
+            raise ChildConfigError(f"TLS: {e}") from None
+        endpoint, custom = TLSServerEndpoint(endpoint, context), True
+    if custom:
+        daemon.endpoint = endpoint
+    return daemon
 
 
 def _refuse(reporter: _Reporter, error: str) -> Deferred:

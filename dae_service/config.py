@@ -40,16 +40,27 @@ __all__ = [
     "parseConfig",
     "serverEndpointProblem",
     "DEFAULT_DAEMON_LISTEN",
+    "DEFAULT_DRAIN_TIMEOUT",
+    "MAX_WORKERS",
 ]
 
 #: Where a daemon (not a command) listens unless its config says otherwise.
 DEFAULT_DAEMON_LISTEN = "tcp:0:interface=127.0.0.1"
 
+#: Seconds a stopping daemon (or pool worker) lets its connections finish
+#: what they are doing before closing them: the Daemon class's own default.
+DEFAULT_DRAIN_TIMEOUT = 5.0
+
+#: The most workers one pool may have, whatever the config says: each is a
+#: process, and a typo (workers = 1000) must not fork-bomb the host.
+MAX_WORKERS = 256
+
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _CLASS_REFERENCE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _PLUGIN_NAME = re.compile(r"^[A-Za-z_][\w.-]*$")
 _SIGNALS = ("TERM", "INT", "HUP", "QUIT", "USR1", "USR2", "KILL")
-_NO_DEFAULT = ("daemon", "command", "requires")
+_NO_DEFAULT = ("daemon", "factory", "command", "requires")
+_POOL_ENDPOINTS = ("tcp", "tcp6")
 
 
 @dataclass(frozen=True)
@@ -125,7 +136,9 @@ class DaemonConfig:
     How to run and supervise one daemon: a C{[daemons.NAME]} table.
 
     Exactly one of C{daemon} (C{"package.module:Class"} or a plugin name,
-    stored unresolved) and C{command} (an argv tuple) is set.  The parser
+    stored unresolved), C{factory} (C{"package.module:name"} of a Twisted
+    protocol factory, or of a callable making one) and C{command} (an argv
+    tuple) is set.  The parser
     always fills C{cwd}, C{logFile} and, for C{daemon}s, C{listen}; the other
     defaults are the field defaults below.  C{listen} is L{None} for a
     command that reports its port at runtime.  C{env} and C{settings} are
@@ -133,13 +146,16 @@ class DaemonConfig:
     C{tlsCert} and C{tlsKey} come from the optional C{tls} table.  Times are
     in seconds; C{giveUpAfter} counts quick failures in a row; C{maxLength}
     bounds one packet in bytes; C{workers}, or C{minWorkers} and
-    C{maxWorkers} with C{idleTimeout}, make the daemon a pool.  A key from
+    C{maxWorkers} with C{idleTimeout}, make the daemon a pool (see
+    L{isPool} and L{workerRange}).  C{drainTimeout} bounds how long a
+    stopping daemon or worker lets its connections finish.  A key from
     C{[defaults]} is replaced, not merged, by the daemon's own.
     """
 
     name: str
     daemon: str | None = None
     command: tuple[str, ...] | None = None
+    factory: str | None = None
     listen: str | None = None
     requires: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
@@ -166,6 +182,29 @@ class DaemonConfig:
     idleTimeout: float = 60.0
     tlsCert: str | None = None
     tlsKey: str | None = None
+    drainTimeout: float = DEFAULT_DRAIN_TIMEOUT
+
+    @property
+    def isPool(self) -> bool:
+        """
+        True when this daemon runs as a pool of worker processes behind one
+        listening socket: C{workers}, C{min_workers} or C{max_workers} is set.
+        """
+        return any(n is not None for n in (self.workers, self.minWorkers, self.maxWorkers))
+
+    def workerRange(self, cpus: int) -> tuple[int, int]:
+        """
+        The least and the most workers of a pool: C{(workers, workers)}, or
+        C{min_workers} (default 1) and C{max_workers} (default C{cpus}, and
+        never below the minimum), both capped at L{MAX_WORKERS}.
+
+        @param cpus: how many CPUs this host has (C{os.cpu_count()}).
+        """
+        if self.workers is not None:
+            return (min(self.workers, MAX_WORKERS),) * 2
+        least = self.minWorkers or 1
+        most = self.maxWorkers if self.maxWorkers is not None else max(cpus, least)
+        return min(least, MAX_WORKERS), min(most, MAX_WORKERS)
 
     def envDict(self) -> dict[str, str]:
         """
@@ -315,10 +354,12 @@ def _number(accept: Callable[[float], bool], rule: str) -> Callable:
     return check
 
 
-def _integer(minimum: int) -> Callable:
+def _integer(minimum: int, maximum: float = math.inf) -> Callable:
     def check(value: object) -> int:
         if _expect(value, int, "an integer") < minimum:
             raise _Invalid(f"must be at least {minimum}, got {value!r}")
+        if value > maximum:
+            raise _Invalid(f"must be at most {maximum}, got {value!r}")
         return value
     return check
 
@@ -403,8 +444,15 @@ _DAE_KEYS: dict[str, Callable] = {
     "shutdown_timeout": _positive,
 }
 
+def _factoryReference(value: object) -> str:
+    if not _CLASS_REFERENCE.match(_string(value)):
+        raise _Invalid(f"expected 'package.module:name', got {value!r}")
+    return value
+
+
 _DAEMON_KEYS: dict[str, Callable] = {
     "daemon": _daemonReference,
+    "factory": _factoryReference,
     "command": _command,
     "listen": _endpoint,
     "requires": _requires,
@@ -426,10 +474,11 @@ _DAEMON_KEYS: dict[str, Callable] = {
     "log_backups": _integer(0),
     "max_length": _integer(1),
     "settings": _settings,
-    "workers": _integer(1),
-    "min_workers": _integer(1),
-    "max_workers": _integer(1),
+    "workers": _integer(1, MAX_WORKERS),
+    "min_workers": _integer(1, MAX_WORKERS),
+    "max_workers": _integer(1, MAX_WORKERS),
     "idle_timeout": _positive,
+    "drain_timeout": _positive,
     "tls": _tls,
 }
 
@@ -530,8 +579,8 @@ class _Parser:
         if not isinstance(table, dict):
             self.report(where, f"expected a table, got {_describe(table)}")
             return None
-        if ("daemon" in table) == ("command" in table):
-            self.report(where, "give exactly one of 'daemon' and 'command'")
+        if sum(key in table for key in ("daemon", "factory", "command")) != 1:
+            self.report(where, "give exactly one of 'daemon', 'factory' and 'command'")
         values = {**defaults, **self.check(table, _DAEMON_KEYS, where)}
         attributes = {_camel(key): value for key, value in values.items() if key != "tls"}
         if "tls" in values:
@@ -542,13 +591,26 @@ class _Parser:
         if "listen" not in values and "command" not in table:
             attributes["listen"] = DEFAULT_DAEMON_LISTEN
         daemon = DaemonConfig(name=name, **attributes)
-        self.checkCombination(where, daemon)
+        self.checkCombination(where, daemon, "drain_timeout" in values)
         return daemon
 
-    def checkCombination(self, where: str, daemon: DaemonConfig) -> None:
+    def checkCombination(self, where: str, daemon: DaemonConfig, drainGiven: bool) -> None:
         if daemon.backoffInitial > daemon.backoffMax:
             self.report(f"{where}.backoff_initial",
                         f"must not exceed backoff_max ({daemon.backoffMax})")
+        if daemon.command is not None:
+            for key, value in [("workers", daemon.workers), ("min_workers", daemon.minWorkers),
+                               ("max_workers", daemon.maxWorkers), ("tls", daemon.tlsCert)]:
+                if value is not None:
+                    self.report(f"{where}.{key}", "needs 'daemon' or 'factory', not 'command'")
+        elif daemon.isPool and daemon.listen is not None:
+            kind = daemon.listen.split(":", 1)[0].strip().lower()
+            if kind not in _POOL_ENDPOINTS:
+                self.report(f"{where}.listen",
+                            f"a pool listens on 'tcp:' or 'tcp6:', not {kind + ':'!r}")
+        if drainGiven and daemon.drainTimeout >= daemon.stopTimeout:
+            self.report(f"{where}.drain_timeout",
+                        f"must be less than stop_timeout ({daemon.stopTimeout})")
         if daemon.workers and (daemon.minWorkers or daemon.maxWorkers):
             self.report(f"{where}.workers",
                         "cannot be combined with min_workers or max_workers")

@@ -19,7 +19,7 @@ from twisted.internet.defer import (
     succeed,
 )
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -62,12 +62,18 @@ class Daemon(Service):
     @ivar settings: the C{settings} table of its configuration (a dict).
     @ivar port: the bound TCP port once listening, else L{None}.
     @ivar created: ms since the epoch when it started (Node's C{created}).
+    @ivar endpoint: an L{IStreamServerEndpoint} to listen on instead of
+        parsing C{listen}, or L{None}: set before C{startService} by whoever
+        runs the daemon (a pool worker adopts the pool's listening socket
+        this way, and TLS wraps the endpoint here).
     """
 
     log = Logger()
 
     #: The commands declared on this class, by wire name (filled per class).
     commands: Mapping[str, CommandSpec] = {}
+
+    endpoint: Optional[IStreamServerEndpoint] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -121,7 +127,9 @@ class Daemon(Service):
             spec.name: getattr(self, spec.attribute) for spec in self.commands.values()
         }
         self._factory = CommonTCPServerFactory(self, self.maxLength, self.maxPending)
-        endpoint = serverFromString(self.reactor, self.listen)
+        endpoint = self.endpoint
+        if endpoint is None:
+            endpoint = serverFromString(self.reactor, self.listen)
         endpoint.listen(self._factory).addCallbacks(self._listened, self._listenFailed)
 
     def _listened(self, port: IListeningPort) -> None:

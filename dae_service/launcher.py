@@ -12,6 +12,9 @@ A python child (C{python -m dae_service.child}) gets five descriptors::
     3  CONTROL  parent -> child; EOF there means the manager is gone
     4  REPORT   child -> parent; one JSON object per line
 
+A python child may get more (L{LaunchSpec.fds}): a pool worker gets the
+pool's listening socket as descriptor 5 (L{POOL_FD}).
+
 A foreign command gets only 0-2; it is started through a tiny wrapper
 (L{WRAPPER}) that gives it its own session and process group, asks the
 kernel for SIGTERM when its parent dies, and then C{exec}s the command.
@@ -28,7 +31,7 @@ import os
 import shutil
 import signal as _signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -44,6 +47,7 @@ from .interfaces import IChildListener, ILauncher
 __all__ = [
     "CONTROL_FD",
     "REPORT_FD",
+    "POOL_FD",
     "MAX_LINE_LENGTH",
     "WRAPPER",
     "LaunchSpec",
@@ -61,6 +65,9 @@ CONTROL_FD = 3
 
 #: The child's end of the report pipe (child -> parent, JSON lines).
 REPORT_FD = 4
+
+#: Where a pool worker finds the pool's listening socket.
+POOL_FD = 5
 
 #: The longest output line passed on whole; longer ones are cut into pieces
 #: of this size so that a child printing without newlines cannot make the
@@ -114,6 +121,9 @@ class LaunchSpec:
     @ivar cwd: the child's working directory, or L{None} for the manager's.
     @ivar kind: C{"python"} (a C{dae_service.child} with the control and
         report pipes) or C{"command"} (a foreign program, stdio only).
+    @ivar fds: more descriptors for a python child: C{{child fd: parent
+        fd}}, each child fd above L{REPORT_FD}; the parent's descriptor
+        must stay open until the launch returns.
     """
 
     name: str
@@ -121,14 +131,20 @@ class LaunchSpec:
     env: Mapping[str, str]
     cwd: Optional[str] = None
     kind: str = "command"
+    fds: Mapping[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
             raise ValueError(f"kind must be 'python' or 'command', not {self.kind!r}")
         if not self.argv:
             raise ValueError("argv must name an executable")
+        if self.fds and self.kind != "python":
+            raise ValueError("only a python child gets more descriptors")
+        if any(not isinstance(fd, int) or fd <= REPORT_FD for fd in self.fds):
+            raise ValueError(f"extra child descriptors must be above {REPORT_FD}")
         object.__setattr__(self, "argv", tuple(self.argv))
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
+        object.__setattr__(self, "fds", MappingProxyType(dict(self.fds)))
 
 
 def _childEnvironment(
@@ -152,38 +168,63 @@ def pythonChildSpec(
     cwd: Optional[str] = None,
     managerPid: Optional[int] = None,
     managerPort: Optional[int] = None,
+    kind: str = "daemon",
+    drainTimeout: Optional[float] = None,
+    tls: Optional[tuple[str, str]] = None,
+    poolSocket: Optional[int] = None,
+    worker: Optional[int] = None,
 ) -> LaunchSpec:
     """
     The spec of a python daemon child: C{sys.executable -m dae_service.child}
     with the daemon described in C{DAE_CHILD} (JSON: C{name}, C{reference},
-    C{listen}, C{settings}, C{maxLength}), plus C{DAE} (the name),
-    C{DAE_PID} (the manager's pid), C{DAE_PORT} (the manager's port or
-    C{""}), C{DAE_CONTROL_FD} and C{DAE_REPORT_FD}.
+    C{listen}, C{settings}, C{maxLength}, C{kind}, C{drainTimeout}, C{tls}),
+    plus C{DAE} (the name), C{DAE_PID} (the manager's pid), C{DAE_PORT}
+    (the manager's port or C{""}), C{DAE_CONTROL_FD} and C{DAE_REPORT_FD};
+    for a pool worker also C{DAE_POOL_FD} and C{DAE_WORKER} (its index).
 
     @param env: the environment to start from (the child must be able to
         import C{dae_service} and C{reference} with it); C{DAE_SECRET} is
         dropped from it.
     @param maxLength: the daemon's packet limit, or L{None} for its default.
     @param managerPid: defaults to this process's pid.
+    @param kind: C{"daemon"} (C{reference} names a Daemon class) or
+        C{"factory"} (a protocol factory, see L{dae_service.loader}).
+    @param tls: C{(certificate file, key file)}, to serve TLS.
+    @param poolSocket: the parent's descriptor of a pool's listening
+        socket: the child gets it as L{POOL_FD} and serves on it.
+    @param worker: the worker's index in its pool.
     @raise TypeError: if C{settings} cannot be encoded as JSON.
     """
-    description = {
+    description: dict[str, Any] = {
         "name": name,
         "reference": reference,
         "listen": listen,
         "settings": dict(settings or {}),
         "maxLength": maxLength,
     }
+    if kind != "daemon":
+        description["kind"] = kind
+    if drainTimeout is not None:
+        description["drainTimeout"] = drainTimeout
+    if tls is not None:
+        description["tls"] = {"cert": tls[0], "key": tls[1]}
     environment = _childEnvironment(env, name, managerPid, managerPort)
     environment["DAE_CHILD"] = json.dumps(description, separators=(",", ":"))
     environment["DAE_CONTROL_FD"] = str(CONTROL_FD)
     environment["DAE_REPORT_FD"] = str(REPORT_FD)
+    fds = {}
+    if poolSocket is not None:
+        environment["DAE_POOL_FD"] = str(POOL_FD)
+        fds[POOL_FD] = poolSocket
+    if worker is not None:
+        environment["DAE_WORKER"] = str(worker)
     return LaunchSpec(
         name=name,
         argv=(sys.executable, "-m", "dae_service.child"),
         env=environment,
         cwd=cwd,
         kind="python",
+        fds=fds,
     )
 
 
@@ -420,7 +461,7 @@ class SpawnLauncher:
         executable = _resolveExecutable(spec.argv[0], spec.env, spec.cwd)
         if spec.kind == "python":
             args = [executable, *spec.argv[1:]]
-            childFDs = {0: "w", 1: "r", 2: "r", CONTROL_FD: "w", REPORT_FD: "r"}
+            childFDs = {0: "w", 1: "r", 2: "r", CONTROL_FD: "w", REPORT_FD: "r", **spec.fds}
             reportFD: Optional[int] = REPORT_FD
         else:
             wrapper = [sys.executable, "-S", "-c", WRAPPER, str(os.getpid()), executable]

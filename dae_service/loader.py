@@ -1,6 +1,17 @@
 """
-Finding daemon classes: C{"package.module:Class"} references, and daemon
-types that installed packages offer as Twisted plugins.
+Finding what a config runs: daemon classes (C{"package.module:Class"}
+references, and daemon types that installed packages offer as Twisted
+plugins) and plain Twisted server factories (C{factory = "module:name"}, or
+a C{daemon} reference that names a protocol factory).
+
+A factory reference names one of:
+
+  - an object providing L{IProtocolFactory} (a module-level C{Site}), used
+    as it is;
+  - a class implementing L{IProtocolFactory} (a C{Factory} subclass),
+    instantiated with no arguments;
+  - for C{factory} only, any other callable, called with the daemon's
+    C{settings} dict and returning an L{IProtocolFactory} provider.
 """
 
 from __future__ import annotations
@@ -8,12 +19,24 @@ from __future__ import annotations
 import importlib
 from typing import Optional
 
+from typing import Any, Mapping
+
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.plugin import IPlugin, getPlugins
 from zope.interface import implementer
 
 from .interfaces import IDaemonType
 
-__all__ = ["DaemonType", "LoadError", "resolveDaemon", "resolveClasses", "daemonTypes"]
+__all__ = [
+    "DaemonType",
+    "LoadError",
+    "resolveDaemon",
+    "resolveServer",
+    "resolveClasses",
+    "daemonTypes",
+    "isDaemonClass",
+    "makeFactory",
+]
 
 
 class LoadError(Exception):
@@ -49,20 +72,38 @@ def daemonTypes() -> dict[str, IDaemonType]:
     return {t.name: t for t in getPlugins(IDaemonType)}
 
 
-def _importReference(reference: str) -> type:
-    from .daemon import Daemon
-
-    moduleName, _, className = reference.partition(":")
+def _importObject(reference: str) -> Any:
+    moduleName, _, attribute = reference.partition(":")
     try:
         module = importlib.import_module(moduleName)
     except Exception as e:
         raise LoadError(f"cannot import {moduleName!r}: {type(e).__name__}: {e}") from e
-    cls = module
-    for part in className.split("."):
-        cls = getattr(cls, part, None)
-        if cls is None:
-            raise LoadError(f"module {moduleName!r} has no attribute {className!r}")
-    if not (isinstance(cls, type) and issubclass(cls, Daemon)):
+    found: Any = module
+    for part in attribute.split("."):
+        found = getattr(found, part, None)
+        if found is None:
+            raise LoadError(f"module {moduleName!r} has no attribute {attribute!r}")
+    return found
+
+
+def isDaemonClass(value: Any) -> bool:
+    """
+    Is C{value} a L{dae_service.Daemon} subclass?
+    """
+    from .daemon import Daemon
+
+    return isinstance(value, type) and issubclass(value, Daemon)
+
+
+def _isFactory(value: Any) -> bool:
+    if isinstance(value, type):
+        return IProtocolFactory.implementedBy(value)
+    return IProtocolFactory.providedBy(value)
+
+
+def _importReference(reference: str) -> type:
+    cls = _importObject(reference)
+    if not isDaemonClass(cls):
         raise LoadError(f"{reference!r} is not a dae_service.Daemon subclass")
     return cls
 
@@ -84,10 +125,53 @@ def resolveDaemon(reference: str, types: Optional[dict] = None) -> type:
     return daemonType.load()
 
 
-def resolveClasses(config) -> dict[str, type]:
+def resolveServer(reference: str, types: Optional[dict] = None, *, factory: bool = False) -> Any:
     """
-    The Daemon subclass of every C{daemon = ...} entry of a
-    L{dae_service.config.DaeConfig}, by daemon name.
+    What a config's C{daemon} value (or, with C{factory=True}, its
+    C{factory} value) names: a Daemon subclass, or a protocol factory
+    source (see the module docstring) for L{makeFactory}.
+
+    @raise LoadError: with a message fit for a config error.
+    """
+    if not factory and ":" not in reference:
+        return resolveDaemon(reference, types)
+    found = _importObject(reference)
+    if isDaemonClass(found) or _isFactory(found):
+        return found
+    if factory and callable(found):
+        return found
+    if factory:
+        raise LoadError(
+            f"{reference!r} is neither a protocol factory nor a callable returning one"
+        )
+    raise LoadError(
+        f"{reference!r} is not a dae_service.Daemon subclass nor a protocol factory"
+    )
+
+
+def makeFactory(source: Any, settings: Mapping[str, Any]) -> Any:
+    """
+    The L{IProtocolFactory} that C{source} (from L{resolveServer}, not a
+    Daemon class) stands for: itself, an instance of it, or what calling it
+    with C{settings} returns.
+
+    @raise LoadError: if a callable returns something else.
+    """
+    if isinstance(source, type) and IProtocolFactory.implementedBy(source):
+        return source()
+    if IProtocolFactory.providedBy(source):
+        return source
+    made = source(dict(settings))
+    if not IProtocolFactory.providedBy(made):
+        raise LoadError(f"{source!r} returned {made!r}, which is not a protocol factory")
+    return made
+
+
+def resolveClasses(config) -> dict[str, Any]:
+    """
+    What every C{daemon = ...} and C{factory = ...} entry of a
+    L{dae_service.config.DaeConfig} names (a Daemon subclass or a factory
+    source, see L{resolveServer}), by daemon name.
 
     @raise LoadError: naming the file and key of every entry that cannot be
         resolved, one per line.
@@ -96,14 +180,16 @@ def resolveClasses(config) -> dict[str, type]:
     problems = []
     types = None
     for d in config.daemons:
-        if d.daemon is None:
+        reference = d.daemon if d.daemon is not None else d.factory
+        if reference is None:
             continue
-        if ":" not in d.daemon and types is None:
+        key = "daemon" if d.daemon is not None else "factory"
+        if d.daemon is not None and ":" not in d.daemon and types is None:
             types = daemonTypes()
         try:
-            classes[d.name] = resolveDaemon(d.daemon, types)
+            classes[d.name] = resolveServer(reference, types, factory=d.factory is not None)
         except LoadError as e:
-            problems.append(f"{config.path}: daemons.{d.name}.daemon: {e}")
+            problems.append(f"{config.path}: daemons.{d.name}.{key}: {e}")
     if problems:
         raise LoadError("\n".join(problems))
     return classes

@@ -30,6 +30,7 @@ from twisted.internet.defer import (
 from twisted.internet.endpoints import _parse as _parseEndpoint
 from twisted.internet.endpoints import quoteStringArgument
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -40,6 +41,8 @@ from .config import ConfigError, DaeConfig, DaemonConfig, loadConfig
 from .daemon import Daemon
 from .errors import Fault
 from .loader import resolveClasses
+from .metrics import DaeMetrics, ProcessSampler
+from .sdnotify import SYSTEMD_VARIABLES, SystemdNotifier
 from .registry import Entry, Registry, StateFile, writeAtomically
 from .supervisor import RestartPolicy, StartFailed, Supervisor
 
@@ -77,6 +80,12 @@ class ControlDaemon(Daemon):
         self.manager = manager
         self.requireAuth = requireAuth
         self._authenticated: WeakSet = WeakSet()
+
+    def dispatch(self, connection: Any, name: str, args: list) -> Any:
+        metrics = self.manager.metrics
+        if metrics is None:
+            return super().dispatch(connection, name, args)
+        return metrics.controlStats.countDispatch(super().dispatch, connection, name, args)
 
     def _authorize(self, connection: Any, name: str) -> None:
         if self.requireAuth and connection not in self._authenticated:
@@ -227,6 +236,11 @@ class Dae(MultiService):
         self._notifySockets: dict[str, Any] = {}
         self._shortNotifyDir: Optional[str] = None
         self._listenFailure: Optional[Failure] = None
+        self.sampler: Optional[ProcessSampler] = None
+        self.metrics: Optional[DaeMetrics] = None
+        self.web: Any = None
+        self.systemd: Optional[SystemdNotifier] = None
+        self._threadPool: Optional[ThreadPool] = None
         self._stopping = False
 
     # Lifecycle
@@ -246,9 +260,22 @@ class Dae(MultiService):
         self.token = self._loadToken()
         self.control = ControlDaemon(self, self.config.listen, self.reactor, requireAuth)
         self.control.setServiceParent(self)
+        self.sampler = ProcessSampler(self, self.reactor)
+        self.sampler.setServiceParent(self)
+        self.metrics = DaeMetrics(self, self.sampler)
+        if self.config.web is not None:
+            from .web import WebService
+
+            self.web = WebService(self, self.reactor, self.sampler, self.metrics)
+            self.web.setServiceParent(self)
+        self.systemd = SystemdNotifier(self, self.reactor, self.environ)
+        self.systemd.setServiceParent(self)
         for d in self.config.daemons:
             self._add(d)
         self.registry.subscribe(self._broadcast)
+        if hasattr(self.reactor, "callFromThread") and self._threadPool is None:
+            self._threadPool = ThreadPool(0, 1, name="dae-state-file")
+            self._threadPool.start()
         self._stateFile = StateFile(
             self.reactor,
             os.path.join(self.config.stateDir, "state.json"),
@@ -265,6 +292,9 @@ class Dae(MultiService):
             # exits non-zero instead of running a manager that manages
             # nothing (no daemon was started yet).
             self._stateFile.stop()
+            if self._threadPool is not None:
+                self._threadPool.stop()
+                self._threadPool = None
             raise SystemExit(
                 f"dae: cannot listen on {self.config.listen}: "
                 f"{self._listenFailure.getErrorMessage()}"
@@ -272,13 +302,12 @@ class Dae(MultiService):
 
     def _writeInThread(self, path: str, data: bytes) -> Any:
         """
-        Write the state file in the reactor's thread pool when there is one
-        (its fsync must not block the reactor), else at once.
+        Write the state file in the manager's own one-thread pool (its fsync
+        must not block the reactor); at once on a reactor without threads.
         """
-        getThreadPool = getattr(self.reactor, "getThreadPool", None)
-        if getThreadPool is None:
+        if self._threadPool is None:
             return writeAtomically(path, data)
-        return deferToThreadPool(self.reactor, getThreadPool(), writeAtomically, path, data)
+        return deferToThreadPool(self.reactor, self._threadPool, writeAtomically, path, data)
 
     def _managerState(self) -> dict:
         """
@@ -320,7 +349,8 @@ class Dae(MultiService):
             listen=self.config.listen,
             count=len(self.supervisors),
         )
-        self.startAll()
+        # READY=1 for systemd once every daemon is ready or has given up.
+        self.startAll().addCallback(lambda _: self.systemd.ready())
 
     def _controlFailed(self, failure: Failure) -> None:
         self._listenFailure = failure
@@ -354,6 +384,8 @@ class Dae(MultiService):
 
     def stopService(self) -> Deferred:
         self._stopping = True
+        if self.systemd is not None:
+            self.systemd.stopping()
         d = self.stopAll()
 
         def stopRest(_: Any) -> Deferred:
@@ -366,9 +398,15 @@ class Dae(MultiService):
                 shutil.rmtree(self._shortNotifyDir, ignore_errors=True)
             for log in self.childLogs.values():
                 log.close()
-            if self._stateFile is None:
+            written = succeed(None) if self._stateFile is None else self._stateFile.stop()
+
+            def stopThreads(_: Any) -> Any:
+                if self._threadPool is not None:
+                    self._threadPool.stop()
+                    self._threadPool = None
                 return result
-            return self._stateFile.stop().addCallback(lambda _: result)
+
+            return written.addCallback(stopThreads)
 
         return d.addCallback(stopRest).addBoth(finish)
 
@@ -377,8 +415,30 @@ class Dae(MultiService):
     def _policy(self, d: DaemonConfig) -> RestartPolicy:
         return RestartPolicy.fromConfig(d)
 
+    def _pool(self, d: DaemonConfig, log: ChildLog) -> Any:
+        """
+        The L{Pool} that runs C{d}'s workers (in place of a supervisor).
+        """
+        from .pool import Pool
+
+        least, most = d.workerRange(os.cpu_count() or 1)
+        return Pool(
+            d.name,
+            self.launcher,
+            self.reactor,
+            self.registry,
+            lambda index, fd, d=d: self._spec(d, worker=index, poolSocket=fd),
+            self._policy(d),
+            listen=d.listen,
+            minWorkers=least,
+            maxWorkers=most,
+            idleTimeout=d.idleTimeout,
+            drainTimeout=d.drainTimeout,
+            childLog=log,
+        )
+
     def _add(self, d: DaemonConfig) -> None:
-        kind = "daemon" if d.daemon is not None else "command"
+        kind = "command" if d.command is not None else "daemon"
         self.registry.add(Entry(d.name, kind=kind, requires=tuple(d.requires)))
         log = self.childLogs.get(d.name)
         if log is not None:
@@ -389,6 +449,10 @@ class Dae(MultiService):
         except OSError as e:
             self.log.error("{name}: cannot open log file {path}: {error}", name=d.name, path=d.logFile, error=e)
         self.childLogs[d.name] = log
+        if d.isPool:
+            self.supervisors[d.name] = self._pool(d, log)
+            self._closeNotifySocket(d.name)
+            return
         probeFactory = None
         if kind == "command":
             probeFactory = self._probeFactory
@@ -454,7 +518,10 @@ class Dae(MultiService):
         env = dict(self.environ) if d.inheritEnv else {}
         env.update(d.envDict())
         env.pop("DAE_SECRET", None)
-        if d.daemon is not None:
+        # Our NOTIFY_SOCKET, LISTEN_FDS... are the manager's, not theirs.
+        for variable in SYSTEMD_VARIABLES:
+            env.pop(variable, None)
+        if d.command is None:
             # The child must import what the manager imported when it checked
             # the config: give it the manager's import path.
             paths = [p for p in sys.path if p]
@@ -465,16 +532,27 @@ class Dae(MultiService):
         env["DAE_MANAGER"] = clientEndpointFor(self.config.listen, port)
         return env
 
-    def _spec(self, d: DaemonConfig) -> Any:
+    def _spec(
+        self, d: DaemonConfig, worker: Optional[int] = None, poolSocket: Optional[int] = None
+    ) -> Any:
+        """
+        How to start C{d}'s child: its one process, or worker C{worker} of
+        its pool, serving on the pool's socket (open on C{poolSocket}).
+        """
         from .launcher import commandChildSpec, pythonChildSpec
+        from .loader import isDaemonClass
 
         env = self._childEnvironment(d)
         managerPort = self.control.port if self.control is not None else None
-        if d.daemon is not None:
-            cls = self.classes[d.name]
+        if d.command is None:
+            target = self.classes[d.name]
+            if isDaemonClass(target):
+                kind, reference = "daemon", f"{target.__module__}:{target.__qualname__}"
+            else:
+                kind, reference = "factory", d.factory or d.daemon
             return pythonChildSpec(
                 d.name,
-                f"{cls.__module__}:{cls.__qualname__}",
+                reference,
                 d.listen,
                 settings=d.settingsDict(),
                 maxLength=d.maxLength,
@@ -482,6 +560,11 @@ class Dae(MultiService):
                 cwd=d.cwd,
                 managerPid=os.getpid(),
                 managerPort=managerPort,
+                kind=kind,
+                drainTimeout=d.drainTimeout,
+                tls=None if d.tlsCert is None else (d.tlsCert, d.tlsKey),
+                poolSocket=poolSocket,
+                worker=worker,
             )
         return commandChildSpec(
             d.name,
@@ -667,6 +750,8 @@ class Dae(MultiService):
             self.config = new
             self.classes = classes
             for n in removed:
+                if self.metrics is not None:
+                    self.metrics.forget(n)
                 self._closeNotifySocket(n)
                 self.supervisors.pop(n, None)
                 log = self.childLogs.pop(n, None)

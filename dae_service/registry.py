@@ -39,6 +39,9 @@ class Entry:
     @ivar port: where it listens; L{None} unless the state is C{ready}.
     @ivar started: ms since the epoch when the current run was spawned.
     @ivar reason: why it is in its state (e.g. C{"exit code 1"}).
+    @ivar workers: for a pool, one dict per worker process (C{index},
+        C{pid}, C{state}, C{connections}, C{restarts}, C{started}); else
+        L{None}, and C{toDict} has no C{workers} key.
     """
 
     name: str
@@ -50,12 +53,13 @@ class Entry:
     started: Optional[int] = None
     reason: Optional[str] = None
     requires: tuple = field(default=())
+    workers: Optional[tuple] = None
 
     def toDict(self) -> dict:
         """
         The entry as sent on the wire (C{list}, C{lookup}) and stored.
         """
-        return {
+        d = {
             "name": self.name,
             "kind": self.kind,
             "state": self.state,
@@ -66,6 +70,9 @@ class Entry:
             "reason": self.reason,
             "requires": list(self.requires),
         }
+        if self.workers is not None:
+            d["workers"] = [dict(w) for w in self.workers]
+        return d
 
 
 Observer = Callable[[Entry], Any]
@@ -195,7 +202,8 @@ class StateFile:
 
     def start(self) -> None:
         self._unsubscribe = self._registry.subscribe(self._changed)
-        self.write()
+        # The first write happens before the reactor runs: synchronously.
+        self._writeNow(synchronous=True)
 
     def stop(self) -> Deferred:
         """

@@ -75,17 +75,40 @@ class DescriptionTests(SynchronousTestCase):
                 "listen": "tcp:0:interface=127.0.0.1",
                 "settings": {"a": 1},
                 "maxLength": 100,
+                "kind": "daemon",
+                "drainTimeout": None,
+                "tls": None,
             },
+        )
+
+    def test_poolKeys(self) -> None:
+        """
+        C{kind}, C{drainTimeout} and C{tls} are read when given.
+        """
+        description = childDescription(
+            {
+                "DAE_CHILD": describe(
+                    kind="factory", drainTimeout=2.5, tls={"cert": "c.pem", "key": "k.pem"}
+                )
+            }
+        )
+        self.assertEqual(
+            (description["kind"], description["drainTimeout"], description["tls"]),
+            ("factory", 2.5, {"cert": "c.pem", "key": "k.pem"}),
         )
 
     def test_defaults(self) -> None:
         """
         Missing or null settings are an empty table; a missing limit is
-        L{None}.
+        L{None}; the kind is C{daemon}, with no drain timeout and no TLS.
         """
         text = json.dumps({"name": "n", "reference": "m:C", "listen": "tcp:0", "settings": None})
         description = childDescription({"DAE_CHILD": text})
         self.assertEqual((description["settings"], description["maxLength"]), ({}, None))
+        self.assertEqual(
+            (description["kind"], description["drainTimeout"], description["tls"]),
+            ("daemon", None, None),
+        )
 
     def test_byHand(self) -> None:
         """
@@ -114,6 +137,11 @@ class DescriptionTests(SynchronousTestCase):
             {"DAE_CHILD": describe(maxLength=0)},
             {"DAE_CHILD": describe(maxLength=True)},
             {"DAE_CHILD": describe(maxLength="10")},
+            {"DAE_CHILD": describe(kind="worker")},
+            {"DAE_CHILD": describe(drainTimeout=0)},
+            {"DAE_CHILD": describe(drainTimeout=True)},
+            {"DAE_CHILD": describe(tls={"cert": "c.pem"})},
+            {"DAE_CHILD": describe(tls="c.pem")},
         ):
             self.assertRaises(ChildConfigError, childDescription, environ, ["child"])
 

@@ -241,7 +241,7 @@ class ValidConfigTests(SynchronousTestCase):
         """
         store = daemonConfig(
             'daemon = "dae-plugin.name"\n'
-            'listen = "unix:address=/tmp/s.sock"\n'
+            'listen = "tcp6:7011:interface=\\\\:\\\\:1"\n'
             'env = {B = "2", A = "1"}\ninherit_env = false\n'
             'restart = "on-failure"\nbackoff_initial = 1\nbackoff_max = 60\n'
             "backoff_factor = 1.5\njitter = 0\nstable_after = 5\n"
@@ -499,7 +499,7 @@ class ProblemTests(ProblemsMixin, SynchronousTestCase):
         A daemon with both C{daemon} and C{command} is a problem.
         """
         self.assertDaemonProblem(
-            'command = ["x"]', "", "give exactly one of 'daemon' and 'command'"
+            'command = ["x"]', "", "give exactly one of 'daemon', 'factory' and 'command'"
         )
 
     def test_neitherDaemonNorCommand(self) -> None:
@@ -508,7 +508,7 @@ class ProblemTests(ProblemsMixin, SynchronousTestCase):
         """
         self.assertProblem(
             '[daemons.store]\nrestart = "never"\n',
-            "tree.toml: daemons.store: give exactly one of 'daemon' and 'command'",
+            "tree.toml: daemons.store: give exactly one of 'daemon', 'factory' and 'command'",
         )
 
     def test_badDaemonReference(self) -> None:
@@ -757,7 +757,7 @@ class ProblemTests(ProblemsMixin, SynchronousTestCase):
             ),
             [
                 "tree.toml: daemons.a.jitter: must be between 0 and 1, got 5",
-                "tree.toml: daemons.b: give exactly one of 'daemon' and 'command'",
+                "tree.toml: daemons.b: give exactly one of 'daemon', 'factory' and 'command'",
                 "tree.toml: daemons.a.requires: unknown daemon 'c'",
             ],
         )
@@ -771,3 +771,97 @@ class ProblemTests(ProblemsMixin, SynchronousTestCase):
             parse(text)
         except ConfigError as e:
             self.assertTrue(e.errors)
+
+
+class PoolConfigTests(ProblemsMixin, SynchronousTestCase):
+    """
+    The keys of pools and of plain factories: C{factory}, C{workers},
+    C{min_workers}, C{max_workers}, C{drain_timeout}, C{tls}.
+    """
+
+    def test_acceptanceForm(self) -> None:
+        """
+        C{daemon}, C{listen} and C{workers} are all a pool needs.
+        """
+        pool = daemonConfig(
+            'daemon = "mypackage.mymodule:Store"\n'
+            'listen = "tcp:7201:interface=127.0.0.1"\n'
+            "workers = 2\n",
+            name="pool",
+        )
+        self.assertTrue(pool.isPool)
+        self.assertEqual((pool.workers, pool.drainTimeout), (2, 5.0))
+        self.assertEqual(pool.workerRange(8), (2, 2))
+
+    def test_factory(self) -> None:
+        """
+        C{factory} names a protocol factory (or a callable making one)
+        instead of a daemon class; it gets the default endpoint too.
+        """
+        web = daemonConfig('factory = "dae_service.examples.web:makeSite"\ndrain_timeout = 2\n')
+        self.assertEqual((web.factory, web.daemon, web.command), (
+            "dae_service.examples.web:makeSite", None, None))
+        self.assertEqual((web.listen, web.drainTimeout), (DEFAULT_DAEMON_LISTEN, 2.0))
+        self.assertFalse(web.isPool)
+
+    def test_factoryProblems(self) -> None:
+        """
+        A C{factory} must be a C{module:name} reference, and is exclusive
+        with C{daemon} and C{command}.
+        """
+        self.assertProblem(
+            '[daemons.s]\nfactory = "site"\n',
+            "tree.toml: daemons.s.factory: expected 'package.module:name', got 'site'",
+        )
+        self.assertProblem(
+            '[daemons.s]\nfactory = "m:f"\ndaemon = "m:C"\n',
+            "tree.toml: daemons.s: give exactly one of 'daemon', 'factory' and 'command'",
+        )
+        self.assertProblem(
+            '[defaults]\nfactory = "m:f"\n[daemons.s]\ndaemon = "m:C"\n',
+            "tree.toml: defaults.factory: cannot have a default; set it on each daemon",
+        )
+
+    def test_poolListensOnTCP(self) -> None:
+        """
+        A pool's endpoint must be C{tcp:} or C{tcp6:}: the manager binds it
+        and the workers adopt it.
+        """
+        self.assertDaemonProblem(
+            'listen = "unix:address=/tmp/s.sock"\nworkers = 2',
+            "listen",
+            "a pool listens on 'tcp:' or 'tcp6:', not 'unix:'",
+        )
+
+    def test_commandsCannotPool(self) -> None:
+        """
+        A foreign command can be neither a pool nor serve TLS.
+        """
+        problems = self.problems(
+            '[daemons.c]\ncommand = ["x"]\nworkers = 2\n'
+            'tls = {cert = "c.pem", key = "k.pem"}\n'
+        )
+        self.assertEqual(
+            problems[:2],
+            [
+                "tree.toml: daemons.c.workers: needs 'daemon' or 'factory', not 'command'",
+                "tree.toml: daemons.c.tls: needs 'daemon' or 'factory', not 'command'",
+            ],
+        )
+
+    def test_bounds(self) -> None:
+        """
+        Worker counts are bounded; the drain must end before the stop
+        timeout's SIGKILL.
+        """
+        self.assertDaemonProblem("workers = 1000", "workers", "must be at most 256, got 1000")
+        self.assertDaemonProblem(
+            "max_workers = 257", "max_workers", "must be at most 256, got 257"
+        )
+        self.assertDaemonProblem(
+            "drain_timeout = 10", "drain_timeout", "must be less than stop_timeout (10.0)"
+        )
+        self.assertDaemonProblem("drain_timeout = 0", "drain_timeout",
+                                 "must be greater than 0, got 0")
+        store = daemonConfig('daemon = "m:C"\nstop_timeout = 30\ndrain_timeout = 20\n')
+        self.assertEqual(store.drainTimeout, 20.0)

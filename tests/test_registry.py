@@ -351,6 +351,7 @@ class StateFileWriterTests(SynchronousTestCase):
 
     def test_oneWriteInFlight(self) -> None:
         """
+        The first write is synchronous; later ones go through the writer.
         While a write is in flight, changes wait for it and are written once
         after it; C{stop} waits for the write in flight, then writes the
         final state last.
@@ -372,9 +373,13 @@ class StateFileWriterTests(SynchronousTestCase):
 
         state = StateFile(clock, path, registry, delay=0.05, writer=writer)
         state.start()
-        self.assertEqual(len(started), 1)
+        # The first write, before the reactor runs, is synchronous.
+        self.assertEqual(started, [])
+        with open(path) as f:
+            self.assertEqual(json.load(f)["daemons"][0]["state"], "stopped")
         registry.update("a", state="ready", port=4000)
         clock.advance(0.05)
+        self.assertEqual(len(started), 1)
         registry.update("a", state="stopping")
         clock.advance(0.05)
         self.assertEqual(len(started), 1)

@@ -207,6 +207,6 @@ class TapConfigsTests(SynchronousTestCase):
             config = loadConfig(path)
             classes = resolveClasses(config)
             self.assertEqual(
-                set(classes), {d.name for d in config.daemons if d.daemon is not None}, path
+                set(classes), {d.name for d in config.daemons if d.command is None}, path
             )
             self.assertEqual(len(config.startOrder()), len(config.daemons), path)

@@ -630,6 +630,10 @@ class TwistdTree:
     def _remember(self, entry: dict) -> None:
         if entry.get("pid") is not None:
             self.childPids.add(entry["pid"])
+        for worker in entry.get("workers") or ():
+            # A pool's worker processes are children of the manager too.
+            if worker.get("pid") is not None:
+                self.childPids.add(worker["pid"])
 
     def _replaceEntries(self, entries: list) -> None:
         self.entries = {e["name"]: e for e in entries}

@@ -13,6 +13,14 @@ python=$(command -v python3.11) || {
     exit 1
 }
 
+# The dashboard's browser test drives Debian's Chromium headless.  Installed
+# when missing and we may (root with apt-get); without it that test skips.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+        >"${TMPDIR:-/tmp}/dae-chromium-install.log" 2>&1 ||
+        echo "setup-venv: could not install chromium; the browser test will be skipped" >&2
+fi
+
 # Two runs at once (several people share a work tree) would trample one venv:
 # take a lock on this script itself, which needs no extra file.
 exec 9<"$root/tools/setup-venv.sh"

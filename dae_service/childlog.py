@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from typing import Optional
+from typing import Callable, Optional
 
 from twisted.logger import Logger
 from twisted.python.logfile import LogFile
@@ -42,8 +42,20 @@ class ChildLog:
     @ivar recent: the last L{RECENT_LINES} lines, as C{(time, stream, line)}.
     """
 
-    def __init__(self, name: str, path: Optional[str], maxBytes: int, backups: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        path: Optional[str],
+        maxBytes: int,
+        backups: int,
+        onLine: Optional[Callable[[str, float, str, str], None]] = None,
+    ) -> None:
+        """
+        @param onLine: called as C{onLine(name, time, stream, line)} for
+            every line (the manager's fan-out to C{follow}ers).
+        """
         self.name = name
+        self.onLine = onLine
         self.path = path
         self.maxBytes = maxBytes
         self.backups = backups
@@ -79,6 +91,8 @@ class ChildLog:
         """
         now = time.time()
         self.recent.append((now, stream, line))
+        if self.onLine is not None:
+            self.onLine(self.name, now, stream, line)
         self._log.info("{daemon}: {line}", daemon=self.name, line=line, stream=stream)
         if self._file is not None:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now))

@@ -79,13 +79,6 @@ DEFAULT_TIMEOUT = 30.0
 #: Lines of output C{logs} prints unless C{-n} says otherwise.
 DEFAULT_LOG_LINES = 50
 
-#: Seconds between two polls of C{logs -f}.
-FOLLOW_INTERVAL = 0.5
-
-#: Lines asked for on each poll of C{logs -f}: more than a daemon writes in
-#: one interval unless it floods (the manager keeps only a bounded tail).
-FOLLOW_BATCH = 1000
-
 #: Manager commands that need C{auth} first when the manager is on TCP.
 AUTH_COMMANDS = frozenset({"start", "stop", "restart", "reload"})
 
@@ -308,8 +301,8 @@ class LogsOptions(_CommandOptions):
     synopsis = "NAME"
     longdesc = (
         "Print the last lines of a daemon's output (stdout, stderr and the "
-        "manager's notes about it).  With -f, keep printing new lines until "
-        "interrupted (polls the manager every half second)."
+        "manager's notes about it).  With -f, keep printing new lines as the "
+        "manager pushes them, until interrupted."
     )
     optFlags = _GLOBAL_FLAGS + [["follow", "f", "Keep printing new lines as they come."]]
     optParameters = _globalParameters(None) + [
@@ -469,6 +462,9 @@ class _Connection:
 
     def addEventListener(self, name: str, listener: Callable[..., Any]) -> None:
         self.protocol.addEventListener(name, listener)
+
+    def whenDisconnected(self) -> Deferred:
+        return self.protocol.whenDisconnected()
 
     def close(self) -> Deferred:
         if self.protocol.transport is not None:
@@ -1029,15 +1025,16 @@ class _Session:
         if not self.sub["follow"]:
             return EXIT_OK
 
-        async def poll() -> None:
-            follower.show(await self.managerCall(manager, "logs", name, FOLLOW_BATCH, name=name), onlyNew=True)
-
-        loop = task.LoopingCall(lambda: defer.ensureDeferred(poll()))
-        loop.clock = self.reactor
-        # Runs until interrupted (task.react stops on SIGINT), or until a
-        # poll fails (the manager went away).
-        await loop.start(FOLLOW_INTERVAL, now=False)
-        return EXIT_OK
+        # Pushed by the manager as they come; runs until interrupted
+        # (task.react stops on SIGINT) or until the manager goes away.
+        lost = manager.whenDisconnected()
+        manager.addEventListener(
+            "log",
+            lambda args: follower.show([args[1:]] if isinstance(args, list) and len(args) == 4 else []),
+        )
+        await self.managerCall(manager, "follow", name, name=name)
+        await lost
+        raise CommandError(EXIT_UNREACHABLE, "the manager went away")
 
 
 class _LogPrinter:

@@ -28,6 +28,7 @@ from . import wire
 from .commands import CommandSpec, collectCommands
 from .errors import Fault
 from .interfaces import ICommandRouter, IDaemon
+from .listening import ListenOutcome
 from .protocol import DEFAULT_MAX_PENDING, CommonTCPServerFactory
 
 __all__ = ["Daemon", "DEFAULT_LISTEN"]
@@ -101,9 +102,7 @@ class Daemon(Service):
         self.created: Optional[int] = None
         self._reactor = reactor
         self._environ = os.environ if environ is None else environ
-        self._listeningPort: Optional[IListeningPort] = None
-        self._listenWaiters: list[Deferred] = []
-        self._listenFailure: Optional[Failure] = None
+        self._listen = ListenOutcome()
         self._factory: Optional[CommonTCPServerFactory] = None
         self._bound: dict[str, Callable[..., Any]] = {}
 
@@ -133,33 +132,24 @@ class Daemon(Service):
         endpoint.listen(self._factory).addCallbacks(self._listened, self._listenFailed)
 
     def _listened(self, port: IListeningPort) -> None:
-        self._listeningPort = port
         self.port = getattr(port.getHost(), "port", None)
         self.log.info(
             "{name} listening on {address}", name=self.name, address=port.getHost()
         )
-        waiters, self._listenWaiters = self._listenWaiters, []
-        for d in waiters:
-            d.callback(port)
+        self._listen.succeeded(port)
 
     def _listenFailed(self, failure: Failure) -> None:
-        self._listenFailure = failure
         self.log.failure(
             "{name} cannot listen on {listen}", failure, name=self.name, listen=self.listen
         )
-        waiters, self._listenWaiters = self._listenWaiters, []
-        for d in waiters:
-            d.errback(failure)
+        self._listen.failed(failure)
 
     def whenListening(self) -> Deferred:
-        if self._listeningPort is not None:
-            return succeed(self._listeningPort)
-        d = Deferred()
-        if self._listenFailure is not None:
-            d.errback(self._listenFailure)
-        else:
-            self._listenWaiters.append(d)
-        return d
+        """
+        @return: a Deferred firing with the listening port, or failing with
+            why it could not listen.
+        """
+        return self._listen.when()
 
     def stopService(self) -> Deferred:
         """
@@ -167,7 +157,7 @@ class Daemon(Service):
         C{drainTimeout}), then close the connections.
         """
         Service.stopService(self)
-        port, self._listeningPort = self._listeningPort, None
+        port = self._listen.release()
         # IListeningPort.stopListening may return a Deferred or None.
         stopped = succeed(None) if port is None else maybeDeferred(port.stopListening)
         connections = list(self._factory.connections) if self._factory else []

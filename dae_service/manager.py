@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 from . import wire
 from .childlog import ChildLog
 from .commands import command
-from .config import ConfigError, DaeConfig, DaemonConfig, loadConfig
+from .config import DaeConfig, DaemonConfig, loadConfig
 from .daemon import Daemon
 from .errors import Fault
 from .loader import resolveClasses
@@ -183,6 +183,17 @@ class ControlDaemon(Daemon):
         self.manager.addSubscriber(connection)
         return True
 
+    @command(connection=True)
+    def follow(self, connection: Any, name: Any) -> bool:
+        """
+        Push a C{log [name, time, stream, line]} event to this connection
+        for every new line of the daemon's output, until it disconnects.  A
+        reader too slow to keep up loses lines and is told how many.
+        """
+        entry = self._entry(name, "follow")
+        self.manager.addFollower(entry.name, connection)
+        return True
+
     @command
     def logs(self, name: Any, count: Any = 50) -> list:
         """
@@ -232,6 +243,7 @@ class Dae(MultiService):
         self._pendingStarts: dict[str, list] = {}
         self._startChains: dict[str, Deferred] = {}
         self._subscribers: WeakSet = WeakSet()
+        self._followers: dict[str, dict] = {}
         self._stateFile: Optional[StateFile] = None
         self._notifySockets: dict[str, Any] = {}
         self._shortNotifyDir: Optional[str] = None
@@ -443,7 +455,7 @@ class Dae(MultiService):
         log = self.childLogs.get(d.name)
         if log is not None:
             log.close()
-        log = ChildLog(d.name, d.logFile, d.logMaxBytes, d.logBackups)
+        log = ChildLog(d.name, d.logFile, d.logMaxBytes, d.logBackups, onLine=self._logLine)
         try:
             log.open()
         except OSError as e:
@@ -780,6 +792,31 @@ class Dae(MultiService):
         return self.classes.get(name) is not classes.get(name)
 
     # Reporting
+
+    def addFollower(self, name: str, connection: Any) -> None:
+        """
+        Send C{connection} every new line of C{name}'s output.
+        """
+        followers = self._followers.setdefault(name, {})
+        if connection not in followers:
+            followers[connection] = 0
+            connection.whenClosed().addCallback(lambda _: followers.pop(connection, None))
+
+    def _logLine(self, name: str, when: float, stream: str, line: str) -> None:
+        followers = self._followers.get(name)
+        if not followers:
+            return
+        for connection, dropped in list(followers.items()):
+            if connection.closed:
+                continue
+            if getattr(connection, "writeBlocked", False):
+                followers[connection] = dropped + 1
+                continue
+            if dropped:
+                note = f"{dropped} lines dropped: the reader did not keep up"
+                connection.sendEvent("log", [name, when, "dae", note])
+                followers[connection] = 0
+            connection.sendEvent("log", [name, when, stream, line])
 
     def addSubscriber(self, connection: Any) -> None:
         self._subscribers.add(connection)

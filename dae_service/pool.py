@@ -210,7 +210,7 @@ class _WorkerLauncher:
 class Pool:
     """
     Runs one daemon as C{minWorkers} to C{maxWorkers} worker processes
-    behind one listening socket (see the module docstring).
+    behind one port (see the module docstring).
 
     @param specFactory: C{specFactory(index, fd)} builds the L{LaunchSpec}
         of worker C{index}, to be given its slot's socket, open on C{fd}.
@@ -304,12 +304,12 @@ class Pool:
 
     def start(self) -> Deferred:
         """
-        Start the pool: bind its socket, start C{minWorkers} workers (and
-        start again any that gave up).
+        Start the pool: bind its slots' sockets, start C{minWorkers} workers
+        (and start again any that gave up).
 
         @return: a Deferred that fires with the pool's entry once every
             worker started has become ready or given up, at least one being
-            ready; it fails with L{StartFailed} if none is, or if the socket
+            ready; it fails with L{StartFailed} if none is, or if the port
             cannot be bound.
         """
         if self._stopping is not None:
@@ -357,8 +357,8 @@ class Pool:
         """
         Stop the pool: every worker drains for up to C{drainTimeout}
         seconds, then is stopped (its stop signal, SIGKILL after its stop
-        timeout); the socket is closed at once, so that new clients are
-        refused instead of queued.
+        timeout); the slots' sockets are closed at once, so that new
+        clients are refused instead of queued.
 
         @return: a Deferred that fires once every worker has exited.
         """

@@ -176,6 +176,14 @@ class CommonTCPServerProtocol(Protocol):
         if not self.closed:
             self.transport.write(wire.encode(name, args))
 
+    @property
+    def writeBlocked(self) -> bool:
+        """
+        Is the transport's send buffer full (the client is not reading)?
+        Pushers of events use it to drop rather than buffer without bound.
+        """
+        return "writes" in self._pauses
+
     def whenClosed(self) -> Deferred:
         d = Deferred()
         if self.closed:

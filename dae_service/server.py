@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .interfaces import IDaemon
+from .listening import ListenOutcome
 
 __all__ = ["FactoryServer", "IDLE_TICK"]
 
@@ -156,9 +157,7 @@ class FactoryServer(Service):
         self.created: Optional[int] = None
         self._tracking: Optional[_TrackingFactory] = None
         self._countingPort: Any = None
-        self._listeningPort: Any = None
-        self._listenWaiters: list[Deferred] = []
-        self._listenFailure: Optional[Failure] = None
+        self._listen = ListenOutcome()
         self._emptyWaiters: list[Deferred] = []
         self._timers: list[Any] = []
         self._idleAtLastTick: set = set()
@@ -186,38 +185,25 @@ class FactoryServer(Service):
         endpoint.listen(factory).addCallbacks(self._listened, self._failedToListen)
 
     def _listened(self, port: Any) -> None:
-        self._listeningPort = port
         if self._tracking is None:
             self._countingPort = port
             port.observers.append(lambda count: None if count else self._maybeEmpty())
         self.port = getattr(port.getHost(), "port", None)
         self.log.info("{name} listening on {address}", name=self.name, address=port.getHost())
-        waiters, self._listenWaiters = self._listenWaiters, []
-        for d in waiters:
-            d.callback(port)
+        self._listen.succeeded(port)
 
     def _failedToListen(self, failure: Failure) -> None:
-        self._listenFailure = failure
         self.log.failure(
             "{name} cannot listen on {listen}", failure, name=self.name, listen=self.listen
         )
-        waiters, self._listenWaiters = self._listenWaiters, []
-        for d in waiters:
-            d.errback(failure)
+        self._listen.failed(failure)
 
     def whenListening(self) -> Deferred:
         """
-        @return: a Deferred firing with the listening port, or failing if
-            it cannot listen.
+        @return: a Deferred firing with the listening port, or failing with
+            why it could not listen.
         """
-        if self._listeningPort is not None:
-            return succeed(self._listeningPort)
-        d: Deferred = Deferred()
-        if self._listenFailure is not None:
-            d.errback(self._listenFailure)
-        else:
-            self._listenWaiters.append(d)
-        return d
+        return self._listen.when()
 
     def credential(self) -> dict:
         return {"name": self.name, "pid": os.getpid(), "port": self.port, "created": self.created}
@@ -232,7 +218,7 @@ class FactoryServer(Service):
         @return: a Deferred that fires once every connection is closed.
         """
         Service.stopService(self)
-        port, self._listeningPort = self._listeningPort, None
+        port = self._listen.release()
         stopped = succeed(None) if port is None else maybeDeferred(port.stopListening)
         self.port = None
         connections = list(self.connections)

@@ -50,7 +50,6 @@ import time
 from typing import Any, Optional
 
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock
 from twisted.test import iosim
 
@@ -212,6 +211,19 @@ class DaemonConnection:
             return self._pump.flush()
         finally:
             self._pumping = False
+
+    def addEventListener(self, name: str, listener: Any) -> None:
+        """
+        As L{GuestProtocol.addEventListener}; events are also recorded in
+        L{events}.
+        """
+        self.client.addEventListener(name, listener)
+
+    def whenDisconnected(self) -> Deferred:
+        """
+        @return: a Deferred that fires once the guest's side is gone.
+        """
+        return self.client.whenDisconnected()
 
     def close(self) -> Deferred:
         """

@@ -79,6 +79,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
 
+from .listening import ListenOutcome
 from .metrics import DaeMetrics, ProcessSampler, entryWorkers
 from .registry import Entry, writeAtomically
 from .supervisor import StartFailed
@@ -946,10 +947,8 @@ class WebService(Service):
         self.sessions = _Sessions(reactor)
         self.indexPage = b""
         self.loginPage = b""
-        self._listeningPort: Any = None
+        self._listen = ListenOutcome()
         self._listening: Optional[Deferred] = None
-        self._listenFailure: Optional[Failure] = None
-        self._waiters: list[Deferred] = []
 
     @property
     def stateFile(self) -> str:
@@ -981,7 +980,6 @@ class WebService(Service):
         listening.addCallbacks(self._listened, self._listenFailed, callbackArgs=(description,), errbackArgs=(description,))
 
     def _listened(self, port: Any, description: str) -> None:
-        self._listeningPort = port
         address = port.getHost()
         self.port = getattr(address, "port", None)
         local = isLocalAddress(address)
@@ -1001,41 +999,29 @@ class WebService(Service):
             url=url or description,
             auth="token required" if self.requireAuth else "loopback, no token",
         )
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(port)
+        self._listen.succeeded(port)
 
     def _listenFailed(self, failure: Failure, description: str) -> None:
-        self._listenFailure = failure
         self.log.error(
             "web: cannot listen on {endpoint}: {error}; no dashboard",
             endpoint=description,
             error=failure.getErrorMessage(),
         )
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.errback(failure)
+        self._listen.failed(failure)
 
     def whenListening(self) -> Deferred:
         """
         @return: a Deferred firing with the listening port, or failing with
             why it could not listen.
         """
-        if self._listeningPort is not None:
-            return succeed(self._listeningPort)
-        d: Deferred = Deferred()
-        if self._listenFailure is not None:
-            d.errback(self._listenFailure)
-        else:
-            self._waiters.append(d)
-        return d
+        return self._listen.when()
 
     def stopService(self) -> Deferred:
         super().stopService()
         if self.hub is not None:
             self.hub.stop()
         self.sessions.clear()
-        port, self._listeningPort = self._listeningPort, None
+        port = self._listen.release()
         self.port = None
         try:
             os.unlink(self.stateFile)

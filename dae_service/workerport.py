@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from twisted.internet import fdesc, tcp
 from twisted.internet.defer import Deferred, fail, succeed

@@ -1035,25 +1035,42 @@ class LogsCommandTests(CommandTestsMixin, SynchronousTestCase):
 
     def test_follow(self) -> None:
         """
-        C{-f} polls every half second and prints only the new lines, until
-        the manager goes away (exit 3).
+        C{-f} prints the recent lines, then every new line as the manager
+        pushes it (the clock never moves here: no polling), until the
+        manager goes away (exit 3).
         """
         self.tree.launcher.output(0, "before")
         r = self.runCli("logs", "store", "-f", "-n", "1")
         self.assertEqual(r.stdout.count("\n"), 1)
         self.assertTrue(r.stdout.endswith(" stdout before\n"))
-        self.tree.reactor.advance(0.5)
-        self.assertEqual(r.stdout.count("\n"), 1)
         self.tree.launcher.output(0, "first")
-        self.tree.launcher.output(0, "second")
-        self.tree.reactor.advance(0.5)
+        self.tree.launcher.output(0, "second", stream="stderr")
         lines = r.stdout.splitlines()
         self.assertEqual([line.split(" ", 3)[3] for line in lines], ["before", "first", "second"])
-        self.tree.reactor.advance(0.5)
-        self.assertEqual(len(r.stdout.splitlines()), 3)
+        self.assertEqual(lines[2].split(None, 3)[2], "stderr")
         self.assertNoResult(r.deferred)
         self.tree.connections[0].close()
-        self.tree.reactor.advance(0.5)
+        self.assertEqual(r.code(), EXIT_UNREACHABLE)
+
+    def test_followSlowReader(self) -> None:
+        """
+        While the follower's connection cannot take more, lines for it are
+        dropped (never buffered without bound), and the next line that gets
+        through is preceded by a note saying how many were lost.
+        """
+        r = self.runCli("logs", "store", "-f", "-n", "0")
+        server = self.tree.connections[0].server
+        server._pauseReading("writes")
+        for i in range(3):
+            self.tree.launcher.output(0, f"lost {i}")
+        server._resumeReading("writes")
+        self.tree.launcher.output(0, "kept")
+        lines = [line.split(None, 3)[2:] for line in r.stdout.splitlines()]
+        self.assertEqual(
+            lines,
+            [["dae", "3 lines dropped: the reader did not keep up"], ["stdout", "kept"]],
+        )
+        self.tree.connections[0].close()
         self.assertEqual(r.code(), EXIT_UNREACHABLE)
 
 

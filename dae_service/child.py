@@ -59,6 +59,7 @@ import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from twisted.internet import fdesc
+from twisted.internet.task import LoopingCall
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
@@ -85,6 +86,9 @@ _MAX_ERROR_LENGTH = 1000
 
 #: The longest control line kept; a longer one is dropped.
 _MAX_CONTROL_LINE = 64 * 1024
+
+#: Seconds between two reports of the command and fault counts, at most.
+STATS_INTERVAL = 5.0
 
 #: Seconds between two load reports of a pool worker, at most.
 LOAD_INTERVAL = 0.5
@@ -317,6 +321,42 @@ class _LoadReports:
         self._call = None
 
 
+def _positiveFloat(text: Optional[str], default: float) -> float:
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+class _StatsReports:
+    """
+    Sends the daemon's command and fault counts (a C{stats} event) every
+    C{interval} seconds, only when they changed, and once more at the end.
+    """
+
+    def __init__(self, reactor: Any, stats: Any, reporter: _Reporter, interval: float) -> None:
+        self._stats = stats
+        self._reporter = reporter
+        self._sent = 0
+        self._loop = LoopingCall(self.flush)
+        self._loop.clock = reactor
+        self._interval = interval
+
+    def start(self) -> None:
+        self._loop.start(self._interval, now=False)
+
+    def flush(self) -> None:
+        if self._stats.generation != self._sent:
+            self._sent = self._stats.generation
+            self._reporter.report(self._stats.reportEvent())
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+        self.flush()
+
+
 class _ChildRun:
     """
     One daemon's life inside the child: start, report, stop on control EOF
@@ -337,6 +377,7 @@ class _ChildRun:
         self._shuttingDown = False
         self._controlBuffer = b""
         self._load: Optional[_LoadReports] = None
+        self._stats: Optional[_StatsReports] = None
 
     def run(self) -> Deferred:
         self._trigger = self._reactor.addSystemEventTrigger(
@@ -369,6 +410,11 @@ class _ChildRun:
     def _reportReady(self) -> None:
         if self._stopping is not None:
             return
+        stats = getattr(self._daemon, "commandStats", None)
+        if stats is not None:
+            interval = _positiveFloat(os.environ.get("DAE_STATS_INTERVAL"), STATS_INTERVAL)
+            self._stats = _StatsReports(self._reactor, stats, self._reporter, interval)
+            self._stats.start()
         self._reporter.report(
             {
                 "event": "ready",
@@ -460,6 +506,8 @@ class _ChildRun:
         if self._load is not None:
             # Reported while draining; not after.
             self._load.stop()
+        if self._stats is not None:
+            self._stats.stop()
         waiters, self._stopWaiters = self._stopWaiters, None  # type: ignore[assignment]
         if not self._shuttingDown:
             self._reactor.removeSystemEventTrigger(self._trigger)

@@ -339,7 +339,30 @@ def _path(value: object) -> str:
 
 
 def _endpoint(value: object) -> str:
-    problem = serverEndpointProblem(_string(value))
+    text = _string(value)
+    if text.split(":", 1)[0] == "systemd":
+        raise _Invalid(
+            "systemd: endpoints (socket activation) are for the manager's own "
+            "[dae] listen and web: a daemon's child never inherits the sockets"
+        )
+    problem = serverEndpointProblem(text)
+    if problem:
+        raise _Invalid(problem)
+    return value
+
+
+def _managerEndpoint(value: object) -> str:
+    """
+    The manager's own endpoints may also be C{systemd:} sockets; only their
+    syntax is checked here, so the config can be read outside systemd (by
+    the C{dae} command, say).
+    """
+    from .sdnotify import isSystemdEndpoint, systemdEndpointProblem
+
+    text = _string(value)
+    if not isSystemdEndpoint(text):
+        return _endpoint(value)
+    problem = systemdEndpointProblem(text)
     if problem:
         raise _Invalid(problem)
     return value
@@ -438,9 +461,9 @@ def _tls(value: object) -> tuple[str, str]:
 _positive = _number(lambda x: x > 0, "greater than 0")
 
 _DAE_KEYS: dict[str, Callable] = {
-    "listen": _endpoint,
+    "listen": _managerEndpoint,
     "state_dir": _path,
-    "web": _endpoint,
+    "web": _managerEndpoint,
     "shutdown_timeout": _positive,
 }
 

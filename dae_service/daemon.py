@@ -29,12 +29,17 @@ from .commands import CommandSpec, collectCommands
 from .errors import Fault
 from .interfaces import ICommandRouter, IDaemon
 from .listening import ListenOutcome
+from .stats import CommandStats
 from .protocol import DEFAULT_MAX_PENDING, CommonTCPServerFactory
 
 __all__ = ["Daemon", "DEFAULT_LISTEN"]
 
 #: Where a daemon listens unless told otherwise: loopback, any free port.
 DEFAULT_LISTEN = "tcp:0:interface=127.0.0.1"
+
+#: Seconds of quiet after which a draining connection with nothing pending
+#: is closed.
+DRAIN_QUIET = 0.2
 
 #: Seconds a stopping daemon gives its clients' pending commands.
 DEFAULT_DRAIN_TIMEOUT = 5.0
@@ -103,6 +108,8 @@ class Daemon(Service):
         self._reactor = reactor
         self._environ = os.environ if environ is None else environ
         self._listen = ListenOutcome()
+        #: Commands answered and faults sent, for the manager's metrics.
+        self.commandStats = CommandStats()
         self._factory: Optional[CommonTCPServerFactory] = None
         self._bound: dict[str, Callable[..., Any]] = {}
 
@@ -125,7 +132,9 @@ class Daemon(Service):
         self._bound = {
             spec.name: getattr(self, spec.attribute) for spec in self.commands.values()
         }
-        self._factory = CommonTCPServerFactory(self, self.maxLength, self.maxPending)
+        self._factory = CommonTCPServerFactory(
+            self, self.maxLength, self.maxPending, self.commandStats
+        )
         endpoint = self.endpoint
         if endpoint is None:
             endpoint = serverFromString(self.reactor, self.listen)
@@ -163,7 +172,9 @@ class Daemon(Service):
         connections = list(self._factory.connections) if self._factory else []
         closed = [c.whenClosed() for c in connections]
         for c in connections:
-            c.drain()
+            # A connection accepted just before the stop may have its first
+            # request in flight: give it a moment of quiet before closing.
+            c.drain(self.reactor, DRAIN_QUIET)
         drained = DeferredList(closed)
         if connections:
             timer = self.reactor.callLater(self.drainTimeout, self._abort, connections)

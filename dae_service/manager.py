@@ -81,12 +81,6 @@ class ControlDaemon(Daemon):
         self.requireAuth = requireAuth
         self._authenticated: WeakSet = WeakSet()
 
-    def dispatch(self, connection: Any, name: str, args: list) -> Any:
-        metrics = self.manager.metrics
-        if metrics is None:
-            return super().dispatch(connection, name, args)
-        return metrics.controlStats.countDispatch(super().dispatch, connection, name, args)
-
     def _authorize(self, connection: Any, name: str) -> None:
         if self.requireAuth and connection not in self._authenticated:
             raise Fault(wire.UNAUTHORIZED, f"{name} needs auth [token] first", name)
@@ -461,8 +455,10 @@ class Dae(MultiService):
         except OSError as e:
             self.log.error("{name}: cannot open log file {path}: {error}", name=d.name, path=d.logFile, error=e)
         self.childLogs[d.name] = log
+        report = lambda message, name=d.name: self._childReported(name, message)  # noqa: E731
         if d.isPool:
-            self.supervisors[d.name] = self._pool(d, log)
+            pool = self.supervisors[d.name] = self._pool(d, log)
+            pool.onReport = report
             self._closeNotifySocket(d.name)
             return
         probeFactory = None
@@ -477,11 +473,20 @@ class Dae(MultiService):
             self._policy(d),
             probeFactory=probeFactory,
             childLog=log,
+            onReport=report,
         )
         if kind == "command":
             self._openNotifySocket(d.name, supervisor)
         else:
             self._closeNotifySocket(d.name)
+
+    def _childReported(self, name: str, message: dict) -> None:
+        """
+        A report event of C{name}'s child that its supervisor leaves to us:
+        C{stats} (its command and fault counts) go to the metrics.
+        """
+        if message.get("event") == "stats" and self.metrics is not None:
+            self.metrics.recordStats(name, message)
 
     def _notifyPath(self, name: str) -> str:
         """

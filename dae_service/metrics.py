@@ -6,11 +6,10 @@ What the manager measures of its tree, for the dashboard and for Prometheus.
 - L{ProcessSampler} is a service that samples every daemon (and every pool
   worker) every few seconds and keeps a bounded history per daemon: the
   dashboard's CPU/RSS over time.
-- L{CommandStats} counts the Common TCP commands and faults one process
-  serves; L{CountingRouter} wraps an L{ICommandRouter} to fill it.  A child
-  sends its counts to the manager as a C{stats} report event (see
-  L{CommandStats.reportEvent}); the manager hands them to
-  L{DaeMetrics.recordStats}.
+- L{dae_service.stats.CommandStats} counts the Common TCP commands and
+  faults one process serves (the protocol fills it).  A child sends its
+  counts to the manager as a C{stats} report event; the manager hands them
+  to L{DaeMetrics.recordStats}.
 - L{DaeMetrics} is the C{prometheus_client} side: a custom collector over
   the registry, the sampler and the recorded counts, in a
   C{CollectorRegistry} of its own (never the global one), rendered by
@@ -22,7 +21,6 @@ in the name, C{_total} on counters); see L{DaeMetrics} for the list.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import deque
 from dataclasses import dataclass
@@ -35,15 +33,19 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.defer import CancelledError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from .errors import Fault
-from .interfaces import ICommandRouter
 from .registry import STATES
+from .stats import (
+    MAX_COMMAND_NAMES,
+    MAX_FAULT_CODES,
+    CommandStats,
+    _BoundedCounts,
+    _validCount,
+    _validLabel,
+)
 
 __all__ = [
     "DEFAULT_INTERVAL",
@@ -52,7 +54,6 @@ __all__ = [
     "readProcess",
     "ProcessSampler",
     "CommandStats",
-    "CountingRouter",
     "DaeMetrics",
     "entryWorkers",
 ]
@@ -62,24 +63,6 @@ DEFAULT_INTERVAL = 2.0
 
 #: Samples kept per daemon: ten minutes at the default interval.
 DEFAULT_HISTORY = 300
-
-#: Distinct command names, and fault codes, counted per process (and per
-#: daemon in the manager); the rest are counted under L{OTHER}.  Label
-#: values come from clients (any command name a client sends), so they must
-#: be bounded or one client could blow up every scrape.
-MAX_COMMAND_NAMES = 100
-MAX_FAULT_CODES = 30
-
-#: The label value that counts the names beyond the bound.
-OTHER = "_other"
-
-#: The longest command name or fault code kept as it is (longer ones are
-#: counted under L{OTHER}).
-MAX_LABEL_LENGTH = 64
-
-#: A child's report line must stay under PIPE_BUF (4096 bytes) to be
-#: written atomically; a C{stats} event is cut to fit this budget.
-MAX_STATS_EVENT_BYTES = 3500
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -334,144 +317,6 @@ class ProcessSampler(Service):
         return {name: self.history(name) for name in self._history}
 
 
-def _validLabel(value: Any) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= MAX_LABEL_LENGTH and value.isprintable()
-
-
-def _validCount(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-class _BoundedCounts:
-    """
-    Counts by label value, at most C{limit} distinct values; the rest (and
-    invalid ones) count under L{OTHER}.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.counts: dict[str, int] = {}
-
-    def add(self, label: Any, count: int = 1) -> None:
-        if not _validLabel(label) or (label not in self.counts and len(self.counts) >= self.limit):
-            label = OTHER
-        self.counts[label] = self.counts.get(label, 0) + count
-
-    def copy(self) -> dict[str, int]:
-        return dict(self.counts)
-
-
-class CommandStats:
-    """
-    The Common TCP commands one process answered, by command name, and the
-    faults it answered with, by code.  Cumulative since the process started.
-
-    A child reports them to the manager as one report-pipe line (see
-    L{reportEvent}); the manager's control daemon fills one of its own
-    (L{DaeMetrics.controlStats}).
-    """
-
-    def __init__(self) -> None:
-        self._commands = _BoundedCounts(MAX_COMMAND_NAMES)
-        self._faults = _BoundedCounts(MAX_FAULT_CODES)
-        #: Bumped at every change: a reporter sends only when it moved.
-        self.generation = 0
-
-    def command(self, name: str) -> None:
-        """
-        Count one command named C{name}.
-        """
-        self._commands.add(name)
-        self.generation += 1
-
-    def fault(self, code: str) -> None:
-        """
-        Count one fault reply with C{code}.
-        """
-        self._faults.add(code)
-        self.generation += 1
-
-    @property
-    def commands(self) -> dict[str, int]:
-        return self._commands.copy()
-
-    @property
-    def faults(self) -> dict[str, int]:
-        return self._faults.copy()
-
-    def countDispatch(self, dispatch: Callable[..., Any], connection: Any, name: str, args: list) -> Any:
-        """
-        Call C{dispatch(connection, name, args)} (an
-        L{ICommandRouter.dispatch}), counting the command, and the fault if
-        it raises a L{Fault} or its Deferred fails with one.  Faults the
-        protocol makes itself (C{bad_json}, C{too_long}, ...) never reach a
-        router and are not counted here.
-        """
-        self.command(name)
-        try:
-            result = dispatch(connection, name, args)
-        except Fault as f:
-            self.fault(f.code)
-            raise
-        except Exception:
-            self.fault("internal")
-            raise
-        if isinstance(result, Deferred):
-
-            def failed(failure: Failure) -> Failure:
-                if failure.check(Fault):
-                    self.fault(failure.value.code)
-                elif not failure.check(CancelledError):
-                    self.fault("internal")
-                return failure
-
-            result.addErrback(failed)
-        return result
-
-    def reportEvent(self, maxBytes: int = MAX_STATS_EVENT_BYTES) -> dict:
-        """
-        The C{stats} report event a child writes to its report pipe::
-
-            {"event": "stats", "pid": 1234,
-             "commands": {"get": 12, "set": 3}, "faults": {"bad_args": 1}}
-
-        Counts are cumulative since the child started.  The line is kept
-        under C{maxBytes} (a report line must stay below PIPE_BUF): if it
-        would not fit, the least used names are folded into L{OTHER}.
-        """
-        commands, faults = self.commands, self.faults
-        while True:
-            event = {"event": "stats", "pid": os.getpid(), "commands": commands, "faults": faults}
-            if len(json.dumps(event, separators=(",", ":"))) <= maxBytes:
-                return event
-            biggest = commands if len(commands) >= len(faults) else faults
-            if len(biggest) <= 1:
-                return {"event": "stats", "pid": os.getpid(), "commands": {}, "faults": {}}
-            least = min((k for k in biggest if k != OTHER), key=lambda k: biggest[k])
-            biggest[OTHER] = biggest.get(OTHER, 0) + biggest.pop(least)
-
-
-@implementer(ICommandRouter)
-class CountingRouter:
-    """
-    An L{ICommandRouter} that passes everything to C{router}, counting
-    commands and faults in C{stats} (a L{CommandStats}).
-    """
-
-    def __init__(self, router: Any, stats: CommandStats) -> None:
-        self.router = router
-        self.stats = stats
-
-    def dispatch(self, connection: Any, name: str, args: list) -> Any:
-        return self.stats.countDispatch(self.router.dispatch, connection, name, args)
-
-    def closesConnection(self, name: str) -> bool:
-        return self.router.closesConnection(name)
-
-    def isEventName(self, name: str) -> bool:
-        return self.router.isEventName(name)
-
-
 class _RecordedStats:
     """
     What the manager knows of one daemon's (or pool worker's) counts: the
@@ -566,13 +411,21 @@ class DaeMetrics:
         """
         self.manager = manager
         self.sampler = sampler
-        #: What the manager's own control daemon serves (C{daemon="dae"}).
-        self.controlStats = CommandStats()
+        self._noStats = CommandStats()
         self._recorded: dict[tuple[str, Optional[int]], _RecordedStats] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(DaeCollector(self))
         if processCollector:
             ProcessCollector(registry=self.registry)
+
+    @property
+    def controlStats(self) -> CommandStats:
+        """
+        What the manager's own control daemon serves (C{daemon="dae"}),
+        counted by its protocol like any daemon's.
+        """
+        control = getattr(self.manager, "control", None)
+        return getattr(control, "commandStats", None) or self._noStats
 
     def recordStats(self, name: str, stats: Mapping[str, Any]) -> None:
         """

@@ -173,8 +173,11 @@ class _WorkerListener:
         self._supervisor.childStarted(process)
 
     def childReported(self, message: dict) -> None:
-        if message.get("event") == "load":
+        event = message.get("event")
+        if event == "load":
             self._pool._loadReported(self._worker, message)
+        elif event == "stats" and self._pool.onReport is not None:
+            self._pool.onReport(dict(message, worker=self._worker.index))
         self._supervisor.childReported(message)
 
     def childOutput(self, stream: str, line: str) -> None:
@@ -252,6 +255,8 @@ class Pool:
         self.idleTimeout = idleTimeout
         self.drainTimeout = drainTimeout
         self.childLog = childLog
+        #: Given every worker's C{stats} report (with its C{worker} index).
+        self.onReport: Optional[Callable[[dict], Any]] = None
         self._socketFactory = socketFactory
         self._wallClock = wallClock
         #: The workers' own registry: one entry per worker process slot.

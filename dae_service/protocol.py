@@ -8,7 +8,7 @@ half-close, and backpressure.  What a command I{does} is the router's job
 from __future__ import annotations
 
 from collections import deque
-from typing import Optional
+from typing import Any, Optional
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
@@ -20,6 +20,7 @@ from zope.interface import implementer
 from . import wire
 from .errors import Fault
 from .interfaces import IConnection
+from .stats import CommandStats
 
 __all__ = ["CommonTCPServerProtocol", "CommonTCPServerFactory", "DEFAULT_MAX_PENDING"]
 
@@ -65,8 +66,14 @@ class CommonTCPServerProtocol(Protocol):
         router,
         maxLength: int = wire.DEFAULT_MAX_LENGTH,
         maxPending: int = DEFAULT_MAX_PENDING,
+        stats: Optional[CommandStats] = None,
     ) -> None:
+        """
+        @param stats: where to count every command received and every fault
+            sent (wire faults included), if anywhere.
+        """
         self.router = router
+        self.stats = stats
         self.maxPending = maxPending
         self._parser = wire.PacketParser(maxLength)
         # Replies not yet written, in command order: bytes, or _PENDING while
@@ -79,6 +86,11 @@ class CommonTCPServerProtocol(Protocol):
         self._closedWaiters: list[Deferred] = []
         self.closed = False
         self.peer = None
+        # Set while draining with a quiet period (see drain).
+        self._drainClock: Any = None
+        self._drainQuiet = 0.0
+        self._lastActivity = 0.0
+        self._drainCall: Any = None
         self._producer: Optional[_WriteBackpressure] = None
 
     # IProtocol
@@ -96,6 +108,8 @@ class CommonTCPServerProtocol(Protocol):
         self.transport.registerProducer(self._producer, True)
 
     def dataReceived(self, data: bytes) -> None:
+        if self._drainClock is not None:
+            self._lastActivity = self._drainClock.seconds()
         if not self._closeWhenFlushed:
             self._handle(self._parser.feed(data))
 
@@ -114,6 +128,9 @@ class CommonTCPServerProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:
         self.closed = True
+        if self._drainCall is not None and self._drainCall.active():
+            self._drainCall.cancel()
+        self._drainCall = None
         deferreds = list(self._deferreds)
         self._deferreds.clear()
         self._slots.clear()
@@ -131,14 +148,19 @@ class CommonTCPServerProtocol(Protocol):
         out: list[bytes] = []
         slots = self._slots
         router = self.router
+        stats = self.stats
         Packet = wire.Packet
         for item in items:
             if type(item) is Packet:
                 name = item.name
+                if stats is not None:
+                    stats.command(name)
                 try:
                     result = router.dispatch(self, name, item.args)
                 except Fault as f:
                     result = wire.encodeFault(f.command or name, f.code, f.message)
+                    if stats is not None:
+                        stats.fault(f.code)
                 except Exception:
                     result = self._internal(name, Failure())
                 else:
@@ -149,6 +171,8 @@ class CommonTCPServerProtocol(Protocol):
             else:
                 name = item.command
                 result = wire.encodeFault(name, item.code, item.message)
+                if stats is not None:
+                    stats.fault(item.code)
                 if item.code == wire.TOO_LONG:
                     self._closeWhenFlushed = True
             if type(result) is bytes and not slots:
@@ -192,17 +216,45 @@ class CommonTCPServerProtocol(Protocol):
             self._closedWaiters.append(d)
         return d
 
-    def drain(self) -> None:
+    def drain(self, clock: Any = None, quiet: float = 0.0) -> None:
         """
-        Stop reading, answer what was already received, then close.
+        Answer what was received, then close.
+
+        With a C{clock} and C{quiet} seconds, keep reading until the client
+        has been quiet that long (and everything is answered) before
+        closing: a client that connected just before a drain began has its
+        request in flight, and closing at once would lose it.  Whoever
+        drains bounds the whole with a deadline of its own.
         """
+        if clock is None or quiet <= 0:
+            self._closeNow()
+            return
+        self._drainClock = clock
+        self._drainQuiet = quiet
+        self._lastActivity = clock.seconds()
+        self._drainCheck()
+
+    def _closeNow(self) -> None:
         self._closeWhenFlushed = True
         self._pauseReading("closing")
         self._flush()
 
+    def _drainCheck(self) -> None:
+        self._drainCall = None
+        if self.closed or self._closeWhenFlushed:
+            return
+        quietFor = self._drainClock.seconds() - self._lastActivity
+        if not self._slots and quietFor >= self._drainQuiet:
+            self._closeNow()
+            return
+        wait = max(self._drainQuiet - quietFor, self._drainQuiet / 4)
+        self._drainCall = self._drainClock.callLater(wait, self._drainCheck)
+
     # Internals
 
     def _internal(self, name: str, failure: Failure) -> bytes:
+        if self.stats is not None:
+            self.stats.fault(wire.INTERNAL)
         self.log.failure(
             "Command {command} from {peer} raised", failure, command=name, peer=self.peer
         )
@@ -234,6 +286,8 @@ class CommonTCPServerProtocol(Protocol):
                 return
             if f.check(Fault):
                 slot[0] = wire.encodeFault(f.value.command or name, f.value.code, f.value.message)
+                if self.stats is not None:
+                    self.stats.fault(f.value.code)
             else:
                 slot[0] = self._internal(name, f)
 
@@ -284,14 +338,17 @@ class CommonTCPServerFactory(Factory):
 
     noisy = False
 
-    def __init__(self, router, maxLength: int, maxPending: int) -> None:
+    def __init__(
+        self, router, maxLength: int, maxPending: int, stats: Optional[CommandStats] = None
+    ) -> None:
         self.router = router
         self.maxLength = maxLength
         self.maxPending = maxPending
+        self.stats = stats
         self.connections: set[CommonTCPServerProtocol] = set()
 
     def buildProtocol(self, addr) -> CommonTCPServerProtocol:
-        p = CommonTCPServerProtocol(self.router, self.maxLength, self.maxPending)
+        p = CommonTCPServerProtocol(self.router, self.maxLength, self.maxPending, self.stats)
         p.factory = self
         self.connections.add(p)
         p.whenClosed().addCallback(lambda _: self.connections.discard(p))

@@ -123,7 +123,12 @@ class Supervisor:
         childLog: Any = None,
         rand: Callable[[], float] = random.random,
         wallClock: Callable[[], float] = time.time,
+        onReport: Optional[Callable[[dict], Any]] = None,
     ) -> None:
+        """
+        @param onReport: given every report event the supervisor does not
+            handle itself (a C{stats} event, say).
+        """
         self.name = name
         self.launcher = launcher
         self.clock = clock
@@ -132,6 +137,7 @@ class Supervisor:
         self.policy = policy
         self.probeFactory = probeFactory
         self.childLog = childLog
+        self.onReport = onReport
         self._rand = rand
         self._wallClock = wallClock
         self.process: Any = None
@@ -330,6 +336,8 @@ class Supervisor:
             self._ready(port if isinstance(port, int) else None)
         elif event == "failed":
             self._failReason = str(message.get("error", "failed"))[:500]
+        elif self.onReport is not None:
+            self.onReport(message)
 
     def childOutput(self, stream: str, line: str) -> None:
         if self.childLog is not None:

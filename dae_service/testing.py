@@ -79,7 +79,9 @@ def _prepareDaemon(daemon: Any, reactor: Any) -> CommonTCPServerFactory:
         daemon._bound = {
             spec.name: getattr(daemon, spec.attribute) for spec in daemon.commands.values()
         }
-        daemon._factory = CommonTCPServerFactory(daemon, daemon.maxLength, daemon.maxPending)
+        daemon._factory = CommonTCPServerFactory(
+            daemon, daemon.maxLength, daemon.maxPending, daemon.commandStats
+        )
     return daemon._factory
 
 

@@ -865,3 +865,46 @@ class PoolConfigTests(ProblemsMixin, SynchronousTestCase):
                                  "must be greater than 0, got 0")
         store = daemonConfig('daemon = "m:C"\nstop_timeout = 30\ndrain_timeout = 20\n')
         self.assertEqual(store.drainTimeout, 20.0)
+
+
+class SystemdEndpointTests(SynchronousTestCase):
+    """
+    C{systemd:} endpoints (socket activation) in a config.
+    """
+
+    def test_managerMayUseSystemd(self):
+        """
+        The manager's C{listen} and C{web} may be C{systemd:} sockets, and
+        the config is valid even outside systemd (only syntax is checked).
+        """
+        config = parseConfig(
+            '[dae]\nlisten = "systemd:domain=INET:index=0"\n'
+            'web = "systemd:domain=INET:index=1"\n',
+            "tree.toml",
+            {"HOME": "/home/x"},
+        )
+        self.assertEqual(config.listen, "systemd:domain=INET:index=0")
+        self.assertEqual(config.web, "systemd:domain=INET:index=1")
+
+    def test_badSystemdSyntax(self):
+        """
+        A malformed C{systemd:} endpoint is still a config error.
+        """
+        e = self.assertRaises(
+            ConfigError, parseConfig, '[dae]\nlisten = "systemd:domain=NOPE:index=0"\n', "t.toml", {"HOME": "/h"}
+        )
+        self.assertIn("dae.listen", str(e))
+
+    def test_daemonMayNotUseSystemd(self):
+        """
+        A daemon cannot listen on an inherited systemd socket: its child
+        process never gets it.
+        """
+        e = self.assertRaises(
+            ConfigError,
+            parseConfig,
+            '[daemons.s]\ndaemon = "store"\nlisten = "systemd:domain=INET:index=0"\n',
+            "t.toml",
+            {"HOME": "/h"},
+        )
+        self.assertIn("daemons.s.listen: systemd: endpoints", str(e))

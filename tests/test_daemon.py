@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from dae_service import Daemon, Fault, command
-from dae_service.daemon import DEFAULT_LISTEN
+from dae_service.daemon import DRAIN_QUIET, DEFAULT_LISTEN
 from dae_service.interfaces import ICommandRouter, IDaemon
 from dae_service.protocol import CommonTCPServerProtocol
 from dae_service.wire import PacketParser
@@ -445,23 +445,45 @@ class StopTests(SynchronousTestCase):
 
     def test_idleConnection(self) -> None:
         """
-        An idle connection is closed at once; stopping is done when it is
-        gone.
+        An idle connection is closed once it has been quiet for
+        C{DRAIN_QUIET} seconds; stopping is done when it is gone.
         """
         daemon = started()
         transport = StringTransport()
         protocol = connect(daemon, transport)
         d = daemon.stopService()
+        self.assertFalse(transport.disconnecting)
+        daemon.reactor.advance(DRAIN_QUIET)
         self.assertTrue(transport.disconnecting)
         self.assertNoResult(d)
         protocol.connectionLost(Failure(ConnectionDone()))
         self.assertIsNone(self.successResultOf(d))
         self.assertEqual(daemon.reactor.getDelayedCalls(), [])
 
+    def test_requestInFlightIsAnswered(self) -> None:
+        """
+        A request that arrives just after the drain began (a client that
+        connected a moment before) is answered, not cut off; the connection
+        closes after the quiet period that follows.
+        """
+        daemon = started()
+        transport = StringTransport()
+        protocol = connect(daemon, transport)
+        d = daemon.stopService()
+        daemon.reactor.advance(DRAIN_QUIET / 2)
+        protocol.dataReceived(b"whois []\n")
+        self.assertTrue(transport.value().startswith(b"credential "))
+        daemon.reactor.advance(DRAIN_QUIET * 0.9)
+        self.assertFalse(transport.disconnecting)
+        daemon.reactor.advance(DRAIN_QUIET)
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNone(self.successResultOf(d))
+
     def test_drainsPending(self) -> None:
         """
-        A connection with a pending command stops being read, gets its reply,
-        then is closed; stopping is done only then, and the abort timer is
+        A connection with a pending command gets its reply, then (quiet) is
+        closed; stopping is done only then, and the abort timer is
         cancelled.
         """
         daemon = started()
@@ -469,12 +491,12 @@ class StopTests(SynchronousTestCase):
         protocol = connect(daemon, transport)
         protocol.dataReceived(b"slow []\n")
         d = daemon.stopService()
-        self.assertEqual(transport.producerState, "paused")
-        protocol.dataReceived(b"whois []\n")
+        daemon.reactor.advance(DRAIN_QUIET * 2)
         self.assertFalse(transport.disconnecting)
         self.assertNoResult(d)
         daemon.waiting.callback("done")
         self.assertEqual(transport.value(), b'slow ["done"]\n')
+        daemon.reactor.advance(DRAIN_QUIET)
         self.assertTrue(transport.disconnecting)
         self.assertNoResult(d)
         protocol.connectionLost(Failure(ConnectionDone()))

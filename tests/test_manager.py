@@ -19,6 +19,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from dae_service.config import loadConfig
+from dae_service.daemon import DRAIN_QUIET
 from dae_service.errors import Fault
 from dae_service.examples.echo import Echo
 from dae_service.launcher import FakeLauncher, FakeProcess
@@ -138,6 +139,8 @@ class ManagerMixin:
         for process in self.launcher.processes:
             if not process.exited:
                 self.launcher.exit(self.launcher.processes.index(process), signal=signal.SIGTERM)
+        # Open control connections close after a moment of quiet (drain).
+        self.reactor.advance(DRAIN_QUIET)
         self.successResultOf(d)
 
     def process(self, name: str) -> FakeProcess:

@@ -17,20 +17,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface.verify import verifyObject
+from twisted.internet.testing import StringTransport
 
 from dae_service import wire
 from dae_service.errors import Fault
-from dae_service.interfaces import ICommandRouter
-from dae_service.metrics import (
-    MAX_COMMAND_NAMES,
-    OTHER,
-    CommandStats,
-    CountingRouter,
-    DaeMetrics,
-    ProcessSampler,
-    readProcess,
-)
+from dae_service.metrics import DaeMetrics, ProcessSampler, readProcess
+from dae_service.protocol import CommonTCPServerFactory
+from dae_service.stats import MAX_COMMAND_NAMES, OTHER, CommandStats
 from dae_service.registry import STATES, Entry, Registry
 
 from .test_web import FakeProc
@@ -296,51 +289,46 @@ class Router:
 
 class CommandStatsTests(SynchronousTestCase):
     """
-    L{CommandStats} and L{CountingRouter}.
+    L{CommandStats}, as the Common TCP protocol fills it.
     """
 
     def setUp(self) -> None:
         self.stats = CommandStats()
         self.inner = Router()
-        self.router = CountingRouter(self.inner, self.stats)
-
-    def test_interface(self) -> None:
-        """
-        A L{CountingRouter} is an L{ICommandRouter} that passes the other
-        questions on.
-        """
-        verifyObject(ICommandRouter, self.router)
-        self.assertTrue(self.router.closesConnection("dae"))
-        self.assertFalse(self.router.isEventName("ok"))
+        factory = CommonTCPServerFactory(self.inner, wire.DEFAULT_MAX_LENGTH, 100, self.stats)
+        self.protocol = factory.buildProtocol(None)
+        self.transport = StringTransport()
+        self.protocol.makeConnection(self.transport)
 
     def test_counts(self) -> None:
         """
         Each command is counted by name; a L{Fault} raised, or failing its
-        Deferred, by code; any other exception as C{internal}.
+        Deferred, by code; any other exception as C{internal}; and faults
+        the wire layer answers itself (C{bad_json}) too.
         """
         self.inner.results = {
             "bad": Fault(wire.BAD_ARGS, "no", "bad"),
             "broken": RuntimeError("bug"),
             "later": lambda: fail(Fault(wire.NOT_FOUND, "no", "later")),
-            "fine": lambda: succeed(b"fine\n"),
+            "fine": lambda: succeed(b"fine []\n"),
         }
-        self.router.dispatch(None, "get", [])
-        self.router.dispatch(None, "get", [])
-        self.assertRaises(Fault, self.router.dispatch, None, "bad", [])
-        self.assertRaises(RuntimeError, self.router.dispatch, None, "broken", [])
-        self.failureResultOf(self.router.dispatch(None, "later", []), Fault)
-        self.assertEqual(self.successResultOf(self.router.dispatch(None, "fine", [])), b"fine\n")
+        self.protocol.dataReceived(
+            b'get []\nget []\nbad []\nbroken []\nlater []\nfine []\nx [1,\n'
+        )
+        self.flushLoggedErrors(RuntimeError)
         self.assertEqual(self.stats.commands, {"get": 2, "bad": 1, "broken": 1, "later": 1, "fine": 1})
-        self.assertEqual(self.stats.faults, {wire.BAD_ARGS: 1, "internal": 1, wire.NOT_FOUND: 1})
+        self.assertEqual(
+            self.stats.faults,
+            {wire.BAD_ARGS: 1, "internal": 1, wire.NOT_FOUND: 1, wire.BAD_JSON: 1},
+        )
 
     def test_cancelledIsNoFault(self) -> None:
         """
         A reply cancelled because its connection closed is not a fault.
         """
         self.inner.results = {"slow": Deferred}
-        d = self.router.dispatch(None, "slow", [])
-        d.cancel()
-        self.failureResultOf(d)
+        self.protocol.dataReceived(b"slow []\n")
+        self.protocol.connectionLost(None)
         self.assertEqual(self.stats.faults, {})
 
     def test_namesBounded(self) -> None:

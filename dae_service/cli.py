@@ -667,10 +667,11 @@ def formatStatus(entries: list, now: float) -> str:
             conns = [w.get("connections") for w in workers if isinstance(w.get("connections"), int)]
             row.append(str(sum(conns)) if conns else "-")
         rows.append(row)
-        for i, w in enumerate(workers, 1):
+        for i, w in enumerate(workers):
             rows.append(
                 [
-                    f"  worker {w.get('id', i)}",
+                    # The pool's own index, as in list/status and /metrics.
+                    f"  worker {w.get('index', i)}",
                     _cell(w.get("state")),
                     _cell(w.get("pid")),
                     _cell(w.get("port")),

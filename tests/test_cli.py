@@ -518,14 +518,15 @@ class FormattingTests(SynchronousTestCase):
 
     def test_poolWorkers(self) -> None:
         """
-        A pool's workers are listed under it, indented, with their
-        connections; the pool row sums them.
+        A pool's workers are listed under it, indented, by their index in
+        the pool (as in C{list} and C{/metrics}), with their connections;
+        the pool row sums them.
         """
         entries = [
             {"name": "web", "state": "ready", "pid": 10, "port": 8080, "restarts": 0, "started": None, "cpu": None, "rss": None,
              "workers": [
-                 {"pid": 11, "state": "ready", "connections": 3, "cpu": 2.0, "rss": 2**20},
-                 {"pid": 12, "state": "starting", "connections": 0},
+                 {"index": 0, "pid": 11, "state": "ready", "connections": 3, "cpu": 2.0, "rss": 2**20},
+                 {"index": 1, "pid": 12, "state": "starting", "connections": 0},
              ]},
             {"name": "db", "state": "stopped"},
         ]
@@ -534,8 +535,8 @@ class FormattingTests(SynchronousTestCase):
             [
                 "NAME        STATE     PID  PORT  UPTIME  RESTARTS  CPU    RSS   CONNS",
                 "web         ready     10   8080  -       0         -      -     3",
-                "  worker 1  ready     11   -     -       -         2.00s  1.0M  3",
-                "  worker 2  starting  12   -     -       -         -      -     0",
+                "  worker 0  ready     11   -     -       -         2.00s  1.0M  3",
+                "  worker 1  starting  12   -     -       -         -      -     0",
                 "db          stopped   -    -     -       -         -      -     -",
             ],
         )

@@ -214,6 +214,9 @@ class GuestProtocol(Protocol):
         self._listeners = _EventListeners() if listeners is None else listeners
         self._parser = wire.PacketParser(maxLength)
         self._pending: deque[_Call] = deque()
+        #: True once C{dae} was sent: the daemon closes after answering it
+        #: (Node's and ours alike), so nothing more is sent here.
+        self.retiring = False
         self._lost = False
         self._lostWaiters: list[Deferred] = []
 
@@ -240,6 +243,9 @@ class GuestProtocol(Protocol):
         """
         if self._lost or self.transport is None:
             return fail(GuestConnectionLost(f"{name}: not connected"))
+        if self.retiring:
+            # After dae the daemon answers nothing more and closes.
+            return fail(GuestConnectionLost(f"{name}: the connection closes after dae"))
         if len(self._pending) >= self.maxPending:
             return fail(
                 TooManyPending(f"{name}: {len(self._pending)} calls already pending")
@@ -262,6 +268,8 @@ class GuestProtocol(Protocol):
         # Queue the call before writing: an in-memory transport may deliver
         # the reply during the write.
         self._pending.append(pending)
+        if name == "dae":
+            self.retiring = True
         self.transport.write(data)
         return d
 
@@ -651,7 +659,7 @@ class Guest:
         Is the guest connected right now?
         """
         current = self._current
-        return current is not None and bool(current.connected)
+        return current is not None and bool(current.connected) and not current.retiring
 
     def whenConnected(self) -> Deferred:
         """

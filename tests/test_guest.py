@@ -473,6 +473,26 @@ class Slow(Daemon):
         raise Fault("unauthorized", "no")
 
 
+class RetiringAfterDaeTests(SynchronousTestCase):
+    """
+    The daemon closes the connection after answering C{dae}: nothing more
+    is sent on it.
+    """
+
+    def test_noCallAfterDae(self):
+        """
+        A call made after C{dae} on the same connection fails at once with
+        L{GuestConnectionLost} instead of being sent into the void, and
+        only C{dae} went on the wire.
+        """
+        protocol, transport, clock = connectedProtocol()
+        protocol.call("dae")
+        self.assertTrue(protocol.retiring)
+        failure = self.failureResultOf(protocol.call("whois"), GuestConnectionLost)
+        self.assertIn("after dae", str(failure.value))
+        self.assertEqual(transport.value(), b"dae []\n")
+
+
 class GuestProtocolDaemonTests(SynchronousTestCase):
     """
     L{GuestProtocol} against a real daemon protocol, connected by iosim

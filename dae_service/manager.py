@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from typing import Any, Optional
-from weakref import WeakSet
+from weakref import WeakKeyDictionary, WeakSet
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import (
@@ -236,7 +236,9 @@ class Dae(MultiService):
         self.started: Optional[float] = None
         self._pendingStarts: dict[str, list] = {}
         self._startChains: dict[str, Deferred] = {}
-        self._subscribers: WeakSet = WeakSet()
+        # Subscribed connections, and whether each missed changes while it
+        # was not reading (it then gets every entry again).
+        self._subscribers: WeakKeyDictionary = WeakKeyDictionary()
         self._followers: dict[str, dict] = {}
         self._stateFile: Optional[StateFile] = None
         self._notifySockets: dict[str, Any] = {}
@@ -824,13 +826,28 @@ class Dae(MultiService):
             connection.sendEvent("log", [name, when, stream, line])
 
     def addSubscriber(self, connection: Any) -> None:
-        self._subscribers.add(connection)
+        self._subscribers.setdefault(connection, False)
 
     def _broadcast(self, entry: Entry) -> None:
+        """
+        Push C{entry} to every subscriber.  One that is not reading its
+        replies (its send buffer is full) is skipped rather than buffered
+        for without bound; once it reads again it gets every entry anew
+        (entries are whole states, so that is all it missed).
+        """
         payload = [entry.toDict()]
-        for connection in list(self._subscribers):
-            if not connection.closed:
-                connection.sendEvent("changed", payload)
+        for connection, missed in list(self._subscribers.items()):
+            if connection.closed:
+                continue
+            if getattr(connection, "writeBlocked", False):
+                self._subscribers[connection] = True
+                continue
+            if missed:
+                self._subscribers[connection] = False
+                for e in self.registry:
+                    if e.name != entry.name:
+                        connection.sendEvent("changed", [e.toDict()])
+            connection.sendEvent("changed", payload)
 
     def statusReport(self) -> dict:
         return {

@@ -1064,3 +1064,30 @@ class ReloadTests(ManagerMixin, SynchronousTestCase):
         self.writeConfig("not toml ===")
         with capturedLogs():
             self.fault(conn.call("reload"), "bad_config")
+
+
+class SlowSubscriberTests(ManagerMixin, SynchronousTestCase):
+    """
+    A subscriber that stops reading is never buffered for without bound.
+    """
+
+    def test_skippedThenResynchronised(self) -> None:
+        """
+        While a subscriber's send buffer is full it gets no C{changed}
+        events; at the next change after it reads again, it first gets
+        every entry anew, then the change.
+        """
+        self.makeManager()
+        conn = self.connect()
+        self.successResultOf(conn.call("subscribe"))
+        del conn.events[:]
+        conn.server._pauseReading("writes")
+        self.launcher.ready(self.index("alpha"), 4001)
+        self.assertEqual(conn.events, [])
+        conn.server._resumeReading("writes")
+        self.launcher.ready(self.index("beta"), 4002)
+        names = [args[0]["name"] for name, args in conn.events]
+        self.assertEqual(sorted(names[:-1]), ["alpha"])
+        self.assertEqual(names[-1], "beta")
+        alpha = [args[0] for name, args in conn.events if args[0]["name"] == "alpha"][-1]
+        self.assertEqual((alpha["state"], alpha["port"]), ("ready", 4001))

@@ -28,6 +28,10 @@ __all__ = ["CommonTCPServerProtocol", "CommonTCPServerFactory", "DEFAULT_MAX_PEN
 #: from it.  Reading resumes when half of them are answered.
 DEFAULT_MAX_PENDING = 1000
 
+#: Bytes of events a client may leave unread (queued while its send buffer
+#: is full) before it is disconnected.
+MAX_EVENT_BACKLOG = 1024 * 1024
+
 _PENDING = object()
 
 
@@ -91,6 +95,8 @@ class CommonTCPServerProtocol(Protocol):
         self._drainQuiet = 0.0
         self._lastActivity = 0.0
         self._drainCall: Any = None
+        # Bytes of events written while the client was not reading.
+        self._eventBacklog = 0
         self._producer: Optional[_WriteBackpressure] = None
 
     # IProtocol
@@ -195,10 +201,29 @@ class CommonTCPServerProtocol(Protocol):
     # IConnection
 
     def sendEvent(self, name: str, args: list) -> None:
+        """
+        Push an event now.  A client that does not read its events is not
+        buffered for without bound: once L{MAX_EVENT_BACKLOG} bytes of
+        events were queued while its send buffer was full, it is
+        disconnected (like a Redis client over its output buffer limit).
+        """
         if not self.router.isEventName(name):
             raise ValueError(f"{name!r} is a reply name and cannot be used for an event")
-        if not self.closed:
-            self.transport.write(wire.encode(name, args))
+        if self.closed:
+            return
+        data = wire.encode(name, args)
+        if "writes" in self._pauses:
+            self._eventBacklog += len(data)
+            if self._eventBacklog > MAX_EVENT_BACKLOG:
+                self.log.warn(
+                    "Disconnecting {peer}: it does not read its events "
+                    "({size} bytes queued)",
+                    peer=self.peer,
+                    size=self._eventBacklog,
+                )
+                self.transport.abortConnection()
+                return
+        self.transport.write(data)
 
     @property
     def writeBlocked(self) -> bool:
@@ -324,6 +349,8 @@ class CommonTCPServerProtocol(Protocol):
         self._pauses.add(reason)
 
     def _resumeReading(self, reason: str) -> None:
+        if reason == "writes":
+            self._eventBacklog = 0
         if reason in self._pauses:
             self._pauses.discard(reason)
             if not self._pauses and not self.closed:

@@ -874,3 +874,45 @@ class NodeCrashTests(ProtocolTestCase):
         protocol.dataReceived(b'1]\necho ["ok"]\n')
         self.assertEqual(replies(transport), [("fault", "too_long", None)])
         self.assertTrue(transport.disconnecting)
+
+
+class EventBacklogTests(SynchronousTestCase):
+    """
+    Events to a client that does not read them are bounded.
+    """
+
+    def test_slowEventReaderDisconnected(self):
+        """
+        While the client's send buffer is full, events still go out until
+        C{MAX_EVENT_BACKLOG} bytes are queued; then the connection is
+        aborted rather than buffered without bound.  A client that reads
+        again starts from a clean slate.
+        """
+        from twisted.internet.testing import StringTransport
+
+        from dae_service.examples.echo import Echo
+        from dae_service.protocol import MAX_EVENT_BACKLOG, CommonTCPServerProtocol
+
+        class Transport(StringTransport):
+            aborted = False
+
+            def abortConnection(self):
+                self.aborted = True
+
+        daemon = Echo()
+        daemon._bound = {s.name: getattr(daemon, s.attribute) for s in daemon.commands.values()}
+        protocol = CommonTCPServerProtocol(daemon)
+        transport = Transport()
+        protocol.makeConnection(transport)
+        payload = ["x" * 1000]
+        protocol._pauseReading("writes")
+        for _ in range(MAX_EVENT_BACKLOG // 2000):
+            protocol.sendEvent("tick", payload)
+        protocol._resumeReading("writes")
+        protocol._pauseReading("writes")
+        for _ in range(MAX_EVENT_BACKLOG // 1010):
+            protocol.sendEvent("tick", payload)
+        self.assertFalse(transport.aborted)
+        for _ in range(20):
+            protocol.sendEvent("tick", payload)
+        self.assertTrue(transport.aborted)

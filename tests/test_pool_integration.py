@@ -26,14 +26,13 @@ import signal
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
-from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, readBody
 
 from tests.test_integration import packet
 from tests.tlscert import makeCertificate
-from tests.twistdtree import TwistdTree, connectRaw, withTimeout
+from tests.twistdtree import OneRequestClient, TwistdTree, connectRaw, withTimeout
 
 PEER_POOL = {
     "daemon": "tests.pool_daemons:Peer",
@@ -265,7 +264,7 @@ class PoolIntegrationTests(TestCase):
             trust = Certificate.loadPEM(f.read())
 
         # The address the worker sees.
-        client = _RawTLSClient(b"GET /peer HTTP/1.0\r\n\r\n")
+        client = OneRequestClient(b"GET /peer HTTP/1.0\r\n\r\n")
         endpoint = wrapClientTLS(
             optionsForClientTLS("localhost", trustRoot=trust),
             TCP4ClientEndpoint(reactor, "127.0.0.1", port),
@@ -351,22 +350,3 @@ class PoolIntegrationTests(TestCase):
         self.assertEqual(ended, (0, None))
 
 
-class _RawTLSClient(Protocol):
-    """
-    Sends one request and collects the whole answer until the server
-    closes.
-    """
-
-    def __init__(self, request: bytes) -> None:
-        self.request = request
-        self.data = b""
-        self.done: Deferred = Deferred()
-
-    def connectionMade(self) -> None:
-        self.transport.write(self.request)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason) -> None:
-        self.done.callback(self.data)

@@ -21,7 +21,7 @@ from dae_service.examples.web import QuietSite, makeSite
 from dae_service.interfaces import IDaemon
 from dae_service.loader import LoadError, makeFactory, resolveClasses, resolveServer
 from dae_service.server import FactoryServer
-from tests.twistdtree import connectRaw, withTimeout
+from tests.twistdtree import connectRaw, until, withTimeout
 from zope.interface.verify import verifyObject
 
 
@@ -141,22 +141,6 @@ class _Client(Protocol):
 
     def connectionLost(self, reason) -> None:
         self.lost.callback(None)
-
-
-def until(predicate, timeout: float = 5.0) -> Deferred:
-    d: Deferred = Deferred()
-    deadline = reactor.seconds() + timeout
-
-    def check() -> None:
-        if predicate():
-            d.callback(None)
-        elif reactor.seconds() > deadline:
-            d.errback(AssertionError(f"still false after {timeout} s"))
-        else:
-            reactor.callLater(0.01, check)
-
-    check()
-    return d
 
 
 GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"

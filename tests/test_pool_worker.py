@@ -13,7 +13,7 @@ import os
 import socket
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
@@ -26,7 +26,7 @@ from dae_service.tls import TLSServerEndpoint, serverContextFactory
 from dae_service.workerport import WorkerEndpoint, WorkerPort
 from tests.test_child import Pipes, describe
 from tests.tlscert import makeCertificate
-from tests.twistdtree import connectRaw, withTimeout
+from tests.twistdtree import OneRequestClient, connectRaw, until, withTimeout
 
 
 class Echo(Protocol):
@@ -54,25 +54,6 @@ def poolSocket(case: SynchronousTestCase) -> socket.socket:
     sock = bindListeningSocket("tcp:0:interface=127.0.0.1")
     case.addCleanup(sock.close)
     return sock
-
-
-def until(predicate, timeout: float = 5.0) -> Deferred:
-    """
-    Poll C{predicate} every 10 ms, at most C{timeout} seconds.
-    """
-    d: Deferred = Deferred()
-    deadline = reactor.seconds() + timeout
-
-    def check() -> None:
-        if predicate():
-            d.callback(None)
-        elif reactor.seconds() > deadline:
-            d.errback(AssertionError(f"{predicate} still false after {timeout} s"))
-        else:
-            reactor.callLater(0.01, check)
-
-    check()
-    return d
 
 
 class WorkerPortTests(TestCase):
@@ -215,7 +196,7 @@ class TLSTests(TestCase):
         )
         port = yield endpoint.listen(Recorder())
         self.addCleanup(port.stopListening)
-        client = _HTTPClient(b"secret")
+        client = OneRequestClient(b"secret")
         yield connectProtocol(self.clientEndpoint(port.getHost().port), client)
         yield until(lambda: client.data == b"secret")
         client.transport.loseConnection()
@@ -232,27 +213,6 @@ class TLSTests(TestCase):
         self.assertRaises(ValueError, serverContextFactory, self.key, self.key)
         self.assertRaises(ValueError, serverContextFactory, self.cert, otherKey)
         self.assertRaises(OSError, serverContextFactory, self.cert + ".missing", self.key)
-
-
-class _HTTPClient(Protocol):
-    """
-    Sends one request and collects the raw response until the server
-    closes.
-    """
-
-    def __init__(self, request: bytes) -> None:
-        self.request = request
-        self.data = b""
-        self.done: Deferred = Deferred()
-
-    def connectionMade(self) -> None:
-        self.transport.write(self.request)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason) -> None:
-        self.done.callback(self.data)
 
 
 class ChildPoolModeTests(TestCase):
@@ -295,7 +255,7 @@ class ChildPoolModeTests(TestCase):
         ready = yield pipes.nextReport()
         self.assertEqual((ready["event"], ready["port"]), ("ready", sock.getsockname()[1]))
 
-        client = _HTTPClient(b"GET /slow?ms=1000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        client = OneRequestClient(b"GET /slow?ms=1000 HTTP/1.1\r\nHost: x\r\n\r\n")
         yield connectProtocol(
             TCP4ClientEndpoint(reactor, "127.0.0.1", sock.getsockname()[1]), client
         )
@@ -329,7 +289,7 @@ class ChildPoolModeTests(TestCase):
             optionsForClientTLS("localhost", trustRoot=trust),
             TCP4ClientEndpoint(reactor, "127.0.0.1", sock.getsockname()[1]),
         )
-        client = _HTTPClient(b'echo ["over tls"]\n')
+        client = OneRequestClient(b'echo ["over tls"]\n')
         yield connectProtocol(endpoint, client)
         yield until(lambda: client.data == b'echo ["over tls"]\n')
         pipes.closeControl()
@@ -359,7 +319,7 @@ class ChildPoolModeTests(TestCase):
             optionsForClientTLS("localhost", trustRoot=trust),
             TCP4ClientEndpoint(reactor, "127.0.0.1", ready["port"]),
         )
-        client = _HTTPClient(b'echo ["alone"]\n')
+        client = OneRequestClient(b'echo ["alone"]\n')
         yield connectProtocol(endpoint, client)
         yield until(lambda: client.data == b'echo ["alone"]\n')
         client.transport.loseConnection()
@@ -388,7 +348,7 @@ class ChildPoolModeTests(TestCase):
         pipes, done = self.worker(sock)
         yield pipes.nextReport()
         os.write(pipes.controlWrite, b'{"command": "dance"}\nnot json\n{"command": "drain"}\n')
-        client = _HTTPClient(b"echo [1]\n")
+        client = OneRequestClient(b"echo [1]\n")
         yield connectProtocol(
             TCP4ClientEndpoint(reactor, "127.0.0.1", sock.getsockname()[1]), client
         )

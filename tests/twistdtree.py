@@ -47,6 +47,8 @@ __all__ = [
     "processState",
     "waitForProcessesGone",
     "withTimeout",
+    "until",
+    "OneRequestClient",
 ]
 
 #: The repository root: twistd runs there, so that C{tests.*} and the
@@ -72,6 +74,49 @@ def withTimeout(d: Deferred, seconds: float, reactor: Any, what: str) -> Deferre
         raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
     return d.addTimeout(seconds, reactor, onTimeoutCancel=timedOut)
+
+
+def until(predicate: Callable[[], bool], timeout: float = 5.0, reactor: Any = None) -> Deferred:
+    """
+    Poll C{predicate} every 10 ms, at most C{timeout} seconds: a bounded
+    wait for something another process or socket does, not a race sleep.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    d: Deferred = Deferred()
+    deadline = reactor.seconds() + timeout
+
+    def check() -> None:
+        if predicate():
+            d.callback(None)
+        elif reactor.seconds() > deadline:
+            d.errback(AssertionError(f"{predicate} still false after {timeout} s"))
+        else:
+            reactor.callLater(0.01, check)
+
+    check()
+    return d
+
+
+class OneRequestClient(Protocol):
+    """
+    Sends one request and collects the whole answer until the server
+    closes; C{done} fires with it.
+    """
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.data = b""
+        self.done: Deferred = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Any) -> None:
+        self.done.callback(self.data)
 
 
 def freePort() -> int:

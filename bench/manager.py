@@ -21,7 +21,12 @@ In one run it measures:
    new pid is taken; compared with one ``python -c "import
    twisted.internet.reactor; from dae_service.daemon import Daemon"``
    (target: restart p50 <= that + 20 ms);
-4. memory: the manager's RSS with the big tree up, and each daemon's PSS.
+4. memory: the manager's RSS with the big tree up, and each daemon's PSS
+   (and the fork server's, with ``--launcher forkserver``).
+
+``--launcher forkserver`` sets ``[dae] launcher = "forkserver"`` in both
+trees (see dae_service/forkserver.py); the default is ``spawn``.  Run it
+once with each to compare the two.
 
 Beside the wall-clock figures it reports CPU time (from
 /proc/<pid>/schedstat: on CPU, and runnable but waiting for one) of the
@@ -66,6 +71,7 @@ DEFAULT_KILLS = 30
 DEFAULT_TREE = 4
 DEFAULT_STARTS = 10
 DEFAULT_SEED = None
+DEFAULT_LAUNCHER = "spawn"
 
 # Targets.
 START_RATIO_TARGET = 1.5  # cold start of the tree / floor <= this
@@ -341,8 +347,9 @@ class Tree:
     daemons.  Tracks every entry and every child pid it hears of.
     """
 
-    def __init__(self, names: list) -> None:
+    def __init__(self, names: list, launcher: str = "spawn") -> None:
         self.names = list(names)
+        self.launcher = launcher
         self.work = tempfile.mkdtemp(prefix="dae-bench-")
         self.socketPath = os.path.join(self.work, "dae.sock")
         self.configPath = os.path.join(self.work, "dae.toml")
@@ -357,6 +364,7 @@ class Tree:
             f.write("[dae]\n")
             f.write(f'listen = "unix:address={self.socketPath}:mode=600:lockfile=0"\n')
             f.write(f'state_dir = "{os.path.join(self.work, "state")}"\n')
+            f.write(f'launcher = "{launcher}"\n')
             for n in self.names:
                 f.write(f'\n[daemons.{n}]\ndaemon = "{DAEMON_CLASS}"\nlisten = "{DAEMON_LISTEN}"\n')
 
@@ -439,6 +447,18 @@ class Tree:
     def childPids(self) -> list:
         return [self.entries[n]["pid"] for n in self.names if self.entries.get(n, {}).get("pid")]
 
+    def forkServerPids(self) -> list:
+        """The manager's children that are no daemon: its fork server(s)."""
+        daemons = set(self.childPids())
+        found = []
+        try:
+            for tid in os.listdir(f"/proc/{self.proc.pid}/task"):
+                with open(f"/proc/{self.proc.pid}/task/{tid}/children") as f:
+                    found += [int(p) for p in f.read().split()]
+        except OSError:
+            pass
+        return [p for p in found if p not in daemons]
+
     def stop(self) -> Optional[float]:
         """SIGTERM the manager (a graceful stop of the tree); s until it exited."""
         if self.ctl is not None:
@@ -477,7 +497,7 @@ class Tree:
 
 
 def coldStart(a) -> dict:
-    tree = Tree([f"d{i}" for i in range(a.daemons)])
+    tree = Tree([f"d{i}" for i in range(a.daemons)], a.launcher)
     try:
         busy0 = machineBusy()
         tree.start()
@@ -490,7 +510,8 @@ def coldStart(a) -> dict:
         started = [tree.wallToBench(tree.entries[n].get("started")) for n in tree.names]
         started = [s for s in started if s is not None]
         time.sleep(0.2)  # let the last ready children finish their start-up writes
-        memory = {"manager_rss_kb": rssKB(tree.proc.pid), "daemon_pss": _memory(pids)}
+        memory = {"manager_rss_kb": rssKB(tree.proc.pid), "daemon_pss": _memory(pids),
+                  "forkserver_pss": _memory(tree.forkServerPids())}
         stopped = tree.stop()
         return {
             "children_cpu": children,
@@ -669,7 +690,7 @@ class StartSampler:
 
 def restarts(a, rng: random.Random, sampler: StartSampler) -> dict:
     names = [f"r{i}" for i in range(a.tree)]
-    tree = Tree(names)
+    tree = Tree(names, a.launcher)
     samples: list = []
     try:
         tree.start()
@@ -798,7 +819,8 @@ def reproduceCommand(a) -> str:
                                  ("--kills", a.kills, DEFAULT_KILLS),
                                  ("--tree", a.tree, DEFAULT_TREE),
                                  ("--starts", a.starts, DEFAULT_STARTS),
-                                 ("--seed", a.seed if a.kills else None, None)):
+                                 ("--seed", a.seed if a.kills else None, None),
+                                 ("--launcher", a.launcher, DEFAULT_LAUNCHER)):
         if value != default:
             cmd += [flag, str(value)]
     return " ".join(cmd)
@@ -822,13 +844,14 @@ def report(a, mach: dict, cold: list, floor: list, restart: Optional[dict],
         values = [r[outer][key] for r in runs if r[outer].get(key) is not None]
         return _median(values) if values else None
 
-    summary: dict = {"machine": mach, "daemons": a.daemons, "repeat": a.repeat,
+    summary: dict = {"machine": mach, "launcher": a.launcher, "daemons": a.daemons,
+                     "repeat": a.repeat,
                      "seed": a.seed, "cold_start": cold, "floor": floor,
                      "restart": restart, "python_starts": starts, "targets": {}}
     n = a.daemons
     print()
     print(f"dae manager benchmark: {n} daemons, median of {a.repeat}; "
-          f"restarts: {a.kills} SIGKILLs in a tree of {a.tree}")
+          f"restarts: {a.kills} SIGKILLs in a tree of {a.tree}; launcher = {a.launcher}")
     print(f"machine: nproc={mach['nproc']} (usable {mach['usable_cpus']}, {mach['cpu']}), "
           f"Python {mach['python']} ({mach['executable']}), Twisted {mach['twisted']}, "
           f"load {mach['loadavg'][0]:.2f} at the start; {mach['bytecode']}")
@@ -894,6 +917,9 @@ def report(a, mach: dict, cold: list, floor: list, restart: Optional[dict],
             ("daemon PSS, mean", _mb(medIn(cold, "daemon_pss", "mean_kb")), "MiB", ""),
             ("daemon PSS, max", _mb(medIn(cold, "daemon_pss", "max_kb")), "MiB", ""),
         ]
+        if any(r["forkserver_pss"].get("count") for r in cold):
+            rows.append(("fork server PSS", _mb(medIn(cold, "forkserver_pss", "total_kb")),
+                         "MiB", "shared with the daemons it forked"))
     if floor:
         rows.append(("bare Twisted process PSS, mean (floor)",
                      _mb(medIn(floor, "child_pss", "mean_kb")), "MiB", ""))
@@ -1044,6 +1070,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=DEFAULT_SEED,
                    help="seed of the kill schedule's random choices (default: a random "
                         "one, printed in the reproduce line)")
+    p.add_argument("--launcher", choices=("spawn", "forkserver"), default=DEFAULT_LAUNCHER,
+                   help="the trees' [dae] launcher (default %(default)s)")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     p.add_argument("--floor-parent", type=int, help=argparse.SUPPRESS)
     a = p.parse_args(argv)

@@ -231,6 +231,9 @@ class DaeConfig:
     @ivar web: The web UI's server endpoint string, or L{None} for none.
     @ivar shutdownTimeout: Seconds to wait for every daemon to stop.
     @ivar daemons: Every L{DaemonConfig}, in file order.
+    @ivar launcher: How python daemons are started: C{"spawn"} (a new
+        interpreter each) or C{"forkserver"} (forked from a warm fork
+        server, see L{dae_service.forkserver}).
     """
 
     path: str
@@ -239,6 +242,7 @@ class DaeConfig:
     web: str | None = None
     shutdownTimeout: float = 30.0
     daemons: tuple[DaemonConfig, ...] = ()
+    launcher: str = "spawn"
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -465,6 +469,7 @@ _DAE_KEYS: dict[str, Callable] = {
     "state_dir": _path,
     "web": _managerEndpoint,
     "shutdown_timeout": _positive,
+    "launcher": _choice("spawn", "forkserver"),
 }
 
 def _factoryReference(value: object) -> str:
@@ -573,7 +578,8 @@ class _Parser:
         return DaeConfig(path=self.absolutePath, listen=listen, stateDir=stateDir,
                          web=dae.get("web"),
                          shutdownTimeout=dae.get("shutdown_timeout", 30.0),
-                         daemons=tuple(daemons))
+                         daemons=tuple(daemons),
+                         launcher=dae.get("launcher", "spawn"))
 
     def defaultStateDir(self) -> str:
         base = self.environ.get("XDG_STATE_HOME", "")

@@ -257,9 +257,7 @@ class Dae(MultiService):
         self.started = time.time()
         os.makedirs(self.config.stateDir, mode=0o700, exist_ok=True)
         if self.launcher is None:
-            from .launcher import SpawnLauncher
-
-            self.launcher = SpawnLauncher(self.reactor)
+            self.launcher = self._makeLauncher()
         if self.listeningPorts is None:
             from .procnet import listeningPorts
 
@@ -307,6 +305,21 @@ class Dae(MultiService):
                 f"dae: cannot listen on {self.config.listen}: "
                 f"{self._listenFailure.getErrorMessage()}"
             )
+
+    def _makeLauncher(self) -> Any:
+        """
+        The launcher C{[dae] launcher} names.  A fork server launcher is a
+        child service: L{stopService} stops it after every daemon exited.
+        """
+        if self.config.launcher == "forkserver":
+            from .forkserver import ForkServerLauncher
+
+            launcher = ForkServerLauncher(self.reactor, environ=self.environ)
+            launcher.setServiceParent(self)
+            return launcher
+        from .launcher import SpawnLauncher
+
+        return SpawnLauncher(self.reactor)
 
     def _writeInThread(self, path: str, data: bytes) -> Any:
         """
@@ -357,8 +370,18 @@ class Dae(MultiService):
             listen=self.config.listen,
             count=len(self.supervisors),
         )
-        # READY=1 for systemd once every daemon is ready or has given up.
-        self.startAll().addCallback(lambda _: self.systemd.ready())
+        # A fork server launcher first gets ready (or fails to), so that the
+        # daemons are forked, not spawned.  READY=1 for systemd once every
+        # daemon is ready or has given up.
+        whenReady = getattr(self.launcher, "whenReady", None)
+        launcherReady = whenReady() if whenReady is not None else succeed(None)
+
+        def startAll(_: Any) -> Any:
+            if self._stopping:
+                return None
+            return self.startAll().addCallback(lambda _: self.systemd.ready())
+
+        launcherReady.addCallback(startAll)
 
     def _controlFailed(self, failure: Failure) -> None:
         self._listenFailure = failure
@@ -397,6 +420,8 @@ class Dae(MultiService):
         d = self.stopAll()
 
         def stopRest(_: Any) -> Deferred:
+            # Every daemon has exited: a fork server launcher (a child
+            # service) can stop its fork servers now.
             return MultiService.stopService(self)
 
         def finish(result: Any) -> Any:
@@ -747,6 +772,12 @@ class Dae(MultiService):
             d: Deferred = Deferred()
             d.errback(f)
             return d
+        if new.launcher != self.config.launcher:
+            self.log.warn("reload: [dae] launcher changes at the next start of the manager")
+        # A fork server's imports may be stale: a new one serves from now
+        # on (the old one exits once its children have).
+        refresh = getattr(self.launcher, "refresh", None)
+        refreshed = refresh() if refresh is not None else succeed(None)
         old = {d.name: d for d in self.config.daemons}
         fresh = {d.name: d for d in new.daemons}
         removed = [n for n in old if n not in fresh]
@@ -793,7 +824,8 @@ class Dae(MultiService):
             return DeferredList(starts, consumeErrors=True)
 
         summary = {"added": added, "removed": removed, "changed": changed}
-        return DeferredList(stops).addCallback(swap).addCallback(lambda _: summary)
+        stopped = DeferredList(stops).addCallback(lambda _: refreshed)
+        return stopped.addCallback(swap).addCallback(lambda _: summary)
 
     def _classChanged(self, name: str, classes: dict) -> bool:
         return self.classes.get(name) is not classes.get(name)

@@ -149,6 +149,15 @@ class ValidConfigTests(SynchronousTestCase):
         )
         self.assertIsNone(serverEndpointProblem(config.listen))
         self.assertEqual((config.web, config.shutdownTimeout), (None, 30.0))
+        self.assertEqual(config.launcher, "spawn")
+
+    def test_launcher(self) -> None:
+        """
+        C{[dae] launcher} chooses how python daemons are started.
+        """
+        for launcher in ("spawn", "forkserver"):
+            config = parse(f'[dae]\nlauncher = "{launcher}"\n' + MINIMAL)
+            self.assertEqual(config.launcher, launcher)
 
     def test_xdgStateHome(self) -> None:
         """
@@ -701,6 +710,19 @@ class ProblemTests(ProblemsMixin, SynchronousTestCase):
                 " set it on each daemon",
                 "tree.toml: defaults.jitter: must be between 0 and 1, got 2",
             ],
+        )
+
+    def test_badLauncher(self) -> None:
+        """
+        C{[dae] launcher} is C{"spawn"} or C{"forkserver"}.
+        """
+        self.assertProblem(
+            '[dae]\nlauncher = "fork"\n',
+            "tree.toml: dae.launcher: expected one of spawn, forkserver; got 'fork'",
+        )
+        self.assertProblem(
+            "[dae]\nlauncher = 1\n",
+            "tree.toml: dae.launcher: expected a string, got integer 1",
         )
 
     def test_notTables(self) -> None:

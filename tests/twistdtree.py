@@ -462,6 +462,7 @@ class TwistdTree:
         managerPort: Optional[int] = None,
         stateDir: Optional[str] = None,
         reactor: Any = None,
+        dae: Optional[dict] = None,
     ) -> None:
         """
         @param daemons: C{{name: {key: value}}}, the C{[daemons.NAME]}
@@ -474,6 +475,7 @@ class TwistdTree:
             the system's temporary directory (the manager binds UNIX
             sockets in it, whose paths must stay under 108 bytes), copied
             next to the log when the test ends.
+        @param dae: more C{[dae]} keys (C{{"launcher": "forkserver"}}).
         """
         if reactor is None:
             from twisted.internet import reactor
@@ -497,6 +499,7 @@ class TwistdTree:
             # over a socket file that a killed one left behind.
             self.listen = f"unix:address={socketPath}:mode=600:lockfile=1"
             self.managerEndpoint = f"unix:path={socketPath}"
+        self.daeKeys = dict(dae or {})
         self.entries: dict = {}
         self.events: list = []
         self.childPids: set = set()
@@ -519,7 +522,8 @@ class TwistdTree:
         """
         (Re)write the config file with C{daemons}.
         """
-        text = renderConfig({"listen": self.listen, "state_dir": self.stateDir}, daemons)
+        dae = {"listen": self.listen, "state_dir": self.stateDir, **self.daeKeys}
+        text = renderConfig(dae, daemons)
         tmp = self.configPath + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)

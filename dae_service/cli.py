@@ -611,6 +611,23 @@ def _cell(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def _processCells(label: str, e: dict, now: float) -> list[str]:
+    """
+    A status row's cells for a daemon or a pool worker: its label, then
+    state, pid, port, uptime, restarts, CPU, RSS.
+    """
+    return [
+        label,
+        _cell(e.get("state")),
+        _cell(e.get("pid")),
+        _cell(e.get("port")),
+        _uptime(e, now),
+        _cell(e.get("restarts")),
+        _formatCpu(e.get("cpu")),
+        formatBytes(e.get("rss")),
+    ]
+
+
 def _uptime(item: Mapping, now: float) -> str:
     started = item.get("started")
     if item.get("state") not in _RUNNING_STATES or not isinstance(started, (int, float)):
@@ -653,35 +670,15 @@ def formatStatus(entries: list, now: float) -> str:
     rows = [header]
     for e in entries:
         workers = [w for w in e.get("workers") or () if isinstance(w, dict)]
-        row = [
-            _cell(e.get("name")),
-            _cell(e.get("state")),
-            _cell(e.get("pid")),
-            _cell(e.get("port")),
-            _uptime(e, now),
-            _cell(e.get("restarts")),
-            _formatCpu(e.get("cpu")),
-            formatBytes(e.get("rss")),
-        ]
+        row = _processCells(_cell(e.get("name")), e, now)
         if pools:
             conns = [w.get("connections") for w in workers if isinstance(w.get("connections"), int)]
             row.append(str(sum(conns)) if conns else "-")
         rows.append(row)
         for i, w in enumerate(workers):
-            rows.append(
-                [
-                    # The pool's own index, as in list/status and /metrics.
-                    f"  worker {w.get('index', i)}",
-                    _cell(w.get("state")),
-                    _cell(w.get("pid")),
-                    _cell(w.get("port")),
-                    _uptime(w, now),
-                    _cell(w.get("restarts")),
-                    _formatCpu(w.get("cpu")),
-                    formatBytes(w.get("rss")),
-                    _cell(w.get("connections")),
-                ]
-            )
+            # The pool's own index, as in list/status and /metrics.
+            label = f"  worker {w.get('index', i)}"
+            rows.append(_processCells(label, w, now) + [_cell(w.get("connections"))])
     return _table(rows)
 
 
